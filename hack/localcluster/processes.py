@@ -1,0 +1,99 @@
+"""Start, recognise and stop the local cluster's processes.
+
+Used by cluster.py for the control-plane components and by the kubelet for pod
+processes. Every process starts in a session of its own: it survives the command that
+started it, and one signal to its process group reaches everything it forked.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+__all__ = ["alive", "belongs_to", "spawn", "terminate_groups"]
+
+
+def spawn(
+    argv: Sequence[str],
+    *,
+    log: Path,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start argv detached, stdout and stderr appended to log, in a new session."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            start_new_session=True,
+        )
+
+
+def alive(pid: int) -> bool:
+    """Whether pid runs; a zombie counts as dead.
+
+    The machine's init may never reap orphans (a container's pid 1 often does not),
+    so a signal-0 probe alone would call a finished process alive.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    # The state letter follows the command name, which sits in parentheses and may
+    # itself contain spaces or parentheses.
+    state = stat.rpartition(")")[2].split()[0]
+    return state not in ("Z", "X")
+
+
+def belongs_to(pid: int, marker: str) -> bool:
+    """Whether pid looks like one of ours: marker in its arguments, environment or cwd.
+
+    Guards against signalling an unrelated process that reused a recorded pid.
+    """
+    proc = Path(f"/proc/{pid}")
+    for name in ("cmdline", "environ"):
+        try:
+            if marker.encode() in (proc / name).read_bytes():
+                return True
+        except OSError:
+            continue
+    try:
+        return marker in os.readlink(proc / "cwd")
+    except OSError:
+        return False
+
+
+def terminate_groups(pids: Iterable[int], *, grace: float) -> None:
+    """SIGTERM each pid's process group, then SIGKILL whatever is left after grace.
+
+    Each pid must lead its own group (see spawn). The final SIGKILL goes to every
+    group even when its leader has exited, so that forked children do not linger.
+    """
+    groups = list(dict.fromkeys(pids))
+    for pid in groups:
+        _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(alive(pid) for pid in groups):
+        time.sleep(0.05)
+    for pid in groups:
+        _signal_group(pid, signal.SIGKILL)
+    # SIGKILL is delivered asynchronously; callers expect the processes gone on return.
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(alive(pid) for pid in groups):
+        time.sleep(0.05)
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,444 @@
+"""The operator: kopf handlers that keep each AgentRun moving, and the program's entry.
+
+One supervisor (a kopf daemon) per unfinished run reconciles it: it observes the run,
+its current Job and its checkpoint record, asks `decisions.decide` what to do, and
+applies the plan once. Watch events on the run and on its Jobs wake the supervisor
+early; otherwise it looks again when the plan says (a backoff ends, an approval times
+out) or after `decisions.RECHECK_SECONDS`. Nothing is remembered between reconciles
+that cannot be observed again, so a restarted operator carries on where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import datetime
+import logging
+import os
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import kopf
+import kubernetes
+import pydantic
+from kubernetes.client.exceptions import ApiException
+
+from agentrun import api, checkpoint, decisions, jobs, kube, metrics, names, rbac
+
+__all__ = ["main", "reconcile"]
+
+log = logging.getLogger("agentrun.operator")
+
+_FINAL = {api.Phase.SUCCEEDED.value, api.Phase.FAILED.value}
+
+
+@dataclasses.dataclass
+class _Clients:
+    core: kubernetes.client.CoreV1Api
+    batch: kubernetes.client.BatchV1Api
+    custom: kubernetes.client.CustomObjectsApi
+    rbac: kubernetes.client.RbacAuthorizationV1Api
+
+
+@dataclasses.dataclass
+class _Operator:
+    """What the handlers share: clients, runner defaults, wake-up events, run locks."""
+
+    clients: _Clients
+    defaults: jobs.RunnerDefaults
+    identity: str
+    wakers: dict[str, asyncio.Event] = dataclasses.field(default_factory=dict)
+    locks: dict[str, threading.Lock] = dataclasses.field(default_factory=dict)
+    guard: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+
+    @contextlib.contextmanager
+    def exclusive(self, uid: str) -> Iterator[None]:
+        """One reconcile of a run at a time, whichever handler asked for it."""
+        with self.guard:
+            lock = self.locks.setdefault(uid, threading.Lock())
+        with lock:
+            yield
+
+
+_operator: _Operator | None = None
+
+
+def _state() -> _Operator:
+    if _operator is None:
+        raise RuntimeError("The operator is not configured: start it through main().")
+    return _operator
+
+
+# --- kopf wiring --------------------------------------------------------------------
+
+
+@kopf.on.login()
+def _login(**_: Any) -> kopf.ConnectionInfo:
+    """Credentials from `kube.load_config`, which also knows the process-kubelet's token
+    path; kopf's own login knows only the standard in-cluster paths."""
+    config = kube.load_config()
+    token = (config.api_key or {}).get("authorization", "").removeprefix("Bearer ").strip()
+    return kopf.ConnectionInfo(
+        server=config.host,
+        ca_path=config.ssl_ca_cert,
+        insecure=not config.verify_ssl,
+        scheme="Bearer" if token else None,
+        token=token or None,
+        certificate_path=config.cert_file,
+        private_key_path=config.key_file,
+    )
+
+
+@kopf.on.startup()
+def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # Handler progress and the last-handled spec go to annotations: the status is
+    # ours alone, and its schema is structural (kopf's fields would be pruned).
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=api.GROUP, key="last-handled-configuration"
+    )
+    # Events are posted by `_post_events` with our own reasons, not kopf's log lines.
+    settings.posting.enabled = False
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    asyncio.get_running_loop().set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="reconcile")
+    )
+
+
+def _unfinished(status: dict[str, Any], **_: Any) -> bool:
+    return status.get("phase") not in _FINAL
+
+
+@kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, when=_unfinished, cancellation_timeout=10)
+async def _supervise(
+    name: str, namespace: str, uid: str, stopped: kopf.DaemonStopped, **_: Any
+) -> None:
+    """Reconcile a run until it is final, waking early on events about it."""
+    state = _state()
+    wake = state.wakers.setdefault(uid, asyncio.Event())
+    while not stopped:
+        wake.clear()
+        delay = await asyncio.to_thread(reconcile, namespace, name)
+        if delay is None:
+            break
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), timeout=delay)
+    state.wakers.pop(uid, None)
+
+
+@kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
+async def _run_changed(uid: str, type: str | None, **_: Any) -> None:
+    if type == "DELETED":
+        metrics.forget(uid)
+    _wake(uid)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={jobs.RUN_UID_LABEL: kopf.PRESENT})
+async def _job_changed(labels: dict[str, str], **_: Any) -> None:
+    _wake(labels[jobs.RUN_UID_LABEL])
+
+
+def _wake(uid: str) -> None:
+    event = _state().wakers.get(uid)
+    if event is not None:
+        event.set()
+
+
+# --- one reconcile ------------------------------------------------------------------
+
+
+def reconcile(namespace: str, name: str) -> float | None:
+    """Observe a run, decide, act. Returns seconds until it should be looked at again,
+    or None when it needs no more looking after (final, or gone)."""
+    state = _state()
+    try:
+        run = state.clients.custom.get_namespaced_custom_object(
+            api.GROUP, api.VERSION, namespace, api.PLURAL, name
+        )
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        metrics.reconcile_failed(error)
+        log.warning("Could not read AgentRun %s/%s (HTTP %s); will retry.", namespace, name, error.status)
+        return 5.0
+    if run["metadata"].get("deletionTimestamp"):
+        return None
+
+    uid = run["metadata"]["uid"]
+    with state.exclusive(uid):
+        try:
+            return _reconcile(state, run)
+        except Exception as error:  # the supervisor must outlive any one failure
+            metrics.reconcile_failed(error)
+            log.exception("Reconciling AgentRun %s/%s failed; will retry in 10s.", namespace, name)
+            return 10.0
+
+
+def _reconcile(state: _Operator, run: dict[str, Any]) -> float | None:
+    meta = run["metadata"]
+    namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
+    before = _status_of(run)
+
+    try:
+        spec = api.AgentRunSpec.model_validate(run.get("spec") or {})
+    except pydantic.ValidationError as error:
+        return _refuse_spec(state, run, before, error)
+
+    seen = decisions.Observed(
+        name=name,
+        generation=meta.get("generation", 0),
+        spec=spec,
+        status=before,
+        job=_read_job(state, namespace, before.job_name) if before.attempt else None,
+        record=checkpoint.read_record(state.clients.core, namespace, name),
+        now=datetime.datetime.now(datetime.UTC),
+    )
+    plan = decisions.decide(seen)
+
+    if plan.stop_job is not None:
+        _stop_job(state, namespace, plan.stop_job)
+    if plan.start_attempt is not None:
+        _start_attempt(state, run, spec, plan.start_attempt)
+    if plan.status.checkpoint is None or not plan.status.checkpoint.config_map:
+        plan.status.checkpoint = plan.status.checkpoint or api.CheckpointStatus()
+        plan.status.checkpoint.config_map = names.checkpoint_index(name)
+    _write_status(state, run, plan.status)
+    _post_events(state, run, plan.events)
+
+    metrics.observe(uid, spec.model, before, plan.status)
+    for event in plan.events:
+        log.info("AgentRun %s/%s: %s", namespace, name, event.message)
+    return plan.wake_after
+
+
+def _status_of(run: dict[str, Any]) -> api.AgentRunStatus:
+    raw = run.get("status") or {}
+    known = {k: v for k, v in raw.items() if k in _STATUS_KEYS}
+    return api.AgentRunStatus.model_validate(known)
+
+
+_STATUS_KEYS = {f.alias or n for n, f in api.AgentRunStatus.model_fields.items()}
+
+
+def _refuse_spec(
+    state: _Operator, run: dict[str, Any], before: api.AgentRunStatus, error: pydantic.ValidationError
+) -> None:
+    """A spec the schema let through but the models refuse: fail the run, saying why."""
+    problems = "; ".join(
+        f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+    )
+    seen_now = datetime.datetime.now(datetime.UTC)
+    status = before.model_copy(deep=True)
+    status.phase, status.reason = api.Phase.FAILED, "InvalidSpec"
+    status.message = f"The spec is invalid: {problems}"
+    status.conditions = decisions.set_phase_condition(
+        status.conditions,
+        api.Phase.FAILED,
+        "InvalidSpec",
+        status.message,
+        now=seen_now,
+        generation=run["metadata"].get("generation", 0),
+    )
+    _write_status(state, run, status)
+    _post_events(state, run, (decisions.Event("Warning", "InvalidSpec", status.message),))
+    return None
+
+
+def _read_job(state: _Operator, namespace: str, job_name: str | None) -> decisions.JobView | None:
+    if not job_name:
+        return None
+    try:
+        job = state.clients.batch.read_namespaced_job(job_name, namespace)
+    except ApiException as error:
+        if error.status == 404:
+            return None
+        raise
+    return jobs.view(state.clients.batch.api_client.sanitize_for_serialization(job))
+
+
+def _stop_job(state: _Operator, namespace: str, job_name: str) -> None:
+    # Background propagation: the Job goes at once and the garbage collector removes
+    # its pods, whose processes get SIGTERM and their grace period.
+    with contextlib.suppress(_NotFound):
+        _call(
+            state.clients.batch.delete_namespaced_job,
+            job_name,
+            namespace,
+            propagation_policy="Background",
+        )
+
+
+def _start_attempt(state: _Operator, run: dict[str, Any], spec: api.AgentRunSpec, attempt: int) -> None:
+    """RBAC first (the pod needs it), then the checkpoint claim (fencing: a runner of an
+    older attempt is refused from here on), then the Job."""
+    meta = run["metadata"]
+    namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
+    for obj in rbac.objects(run_name=name, run_uid=uid):
+        _create(state, namespace, obj)
+
+    checkpoint.claim(state.clients.core, namespace=namespace, run_name=name, run_uid=uid, attempt=attempt)
+
+    job = jobs.build(run_name=name, run_uid=uid, spec=spec, attempt=attempt, defaults=state.defaults)
+    _create(state, namespace, job)
+
+
+def _create(state: _Operator, namespace: str, obj: dict[str, Any]) -> None:
+    """Create an object; one that already exists was created by an earlier reconcile."""
+    creators = {
+        "ServiceAccount": state.clients.core.create_namespaced_service_account,
+        "Role": state.clients.rbac.create_namespaced_role,
+        "RoleBinding": state.clients.rbac.create_namespaced_role_binding,
+        "Job": state.clients.batch.create_namespaced_job,
+    }
+    with contextlib.suppress(_Conflict):
+        _call(creators[obj["kind"]], namespace, obj)
+
+
+def _write_status(state: _Operator, run: dict[str, Any], status: api.AgentRunStatus) -> None:
+    """Merge-patch only the status fields that changed; a field that went away is nulled."""
+    old = run.get("status") or {}
+    new = api.dump(status)
+    patch = {k: new.get(k) for k in {*old, *new} if k in _STATUS_KEYS and old.get(k) != new.get(k)}
+    if not patch:
+        return
+    meta = run["metadata"]
+    state.clients.custom.patch_namespaced_custom_object_status(
+        api.GROUP, api.VERSION, meta["namespace"], api.PLURAL, meta["name"], {"status": patch}
+    )
+
+
+def _post_events(state: _Operator, run: dict[str, Any], events: tuple[decisions.Event, ...]) -> None:
+    meta = run["metadata"]
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    for event in events:
+        body = {
+            "metadata": {"generateName": f"{names.fit(meta['name'], limit=200)}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": f"{api.GROUP}/{api.VERSION}",
+                "kind": api.KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+            },
+            "type": event.type,
+            "reason": event.reason,
+            "message": event.message[:1024],
+            "source": {"component": "agentrun-operator"},
+            "reportingComponent": "agentrun.dev/operator",
+            "reportingInstance": state.identity,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            state.clients.core.create_namespaced_event(meta["namespace"], body)
+        except ApiException as error:
+            # An Event is a courtesy: losing one must not stop the run.
+            log.warning("Could not post Event %s on %s: HTTP %s.", event.reason, meta["name"], error.status)
+
+
+class _Conflict(Exception):
+    pass
+
+
+class _NotFound(Exception):
+    pass
+
+
+def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call the kubernetes client, turning 409 and 404 into exceptions callers expect."""
+    try:
+        return fn(*args, **kwargs)
+    except ApiException as error:
+        if error.status == 409:
+            raise _Conflict(str(error.reason)) from error
+        if error.status == 404:
+            raise _NotFound(str(error.reason)) from error
+        raise
+
+
+# --- the program ----------------------------------------------------------------------
+
+
+def _defaults_from_env() -> jobs.RunnerDefaults:
+    secret = os.environ.get("AGENTRUN_DEFAULT_API_KEY_SECRET")
+    secret_ref = None
+    if secret:
+        secret_name, _, key = secret.partition("/")
+        secret_ref = api.SecretKeyRef(name=secret_name, key=key or "api-key")
+    command = os.environ.get("AGENTRUN_RUNNER_COMMAND", "agentrun-runner").split()
+    return jobs.RunnerDefaults(
+        image=os.environ.get("AGENTRUN_RUNNER_IMAGE", jobs.RunnerDefaults.image),
+        command=tuple(command),
+        image_pull_policy=os.environ.get("AGENTRUN_RUNNER_PULL_POLICY", "IfNotPresent"),
+        base_url=os.environ.get("AGENTRUN_DEFAULT_BASE_URL") or None,
+        api_key_secret=secret_ref,
+        log_level=os.environ.get("AGENTRUN_RUNNER_LOG_LEVEL", "INFO"),
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agentrun-operator", description="Run LLM agents as Kubernetes AgentRuns."
+    )
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument(
+        "-n", "--namespace", action="append", default=[], help="watch this namespace (repeatable)"
+    )
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace")
+    parser.add_argument(
+        "--peering", metavar="NAME", help="coordinate replicas through this KopfPeering (HA)"
+    )
+    parser.add_argument("--metrics-port", type=int, default=8080, help="Prometheus metrics port")
+    parser.add_argument("--health-port", type=int, default=8081, help="liveness endpoint port")
+    parser.add_argument("--verbose", action="store_true", help="log the operator's mechanics")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `agentrun-operator` console script."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+    config = kube.load_config()
+    config.connection_pool_maxsize = 32
+    client = kubernetes.client.ApiClient(config)
+    global _operator
+    _operator = _Operator(
+        clients=_Clients(
+            core=kubernetes.client.CoreV1Api(client),
+            batch=kubernetes.client.BatchV1Api(client),
+            custom=kubernetes.client.CustomObjectsApi(client),
+            rbac=kubernetes.client.RbacAuthorizationV1Api(client),
+        ),
+        defaults=_defaults_from_env(),
+        identity=os.environ.get("POD_NAME") or socket.gethostname(),
+    )
+
+    from prometheus_client import start_http_server
+
+    start_http_server(args.metrics_port)
+    namespaces = args.namespace or [os.environ.get("AGENTRUN_WATCH_NAMESPACE") or "default"]
+    log.info(
+        "Starting agentrun-operator, watching %s; metrics on :%d, liveness on :%d/healthz.",
+        "all namespaces" if args.all_namespaces else ", ".join(namespaces),
+        args.metrics_port,
+        args.health_port,
+    )
+    kopf.configure(verbose=args.verbose)
+    kopf.run(
+        clusterwide=args.all_namespaces,
+        namespaces=() if args.all_namespaces else namespaces,
+        standalone=args.peering is None,
+        peering_name=args.peering,
+        liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz",
+    )
