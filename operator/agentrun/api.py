@@ -161,7 +161,9 @@ class BuiltinTool(_Model):
 class McpServer(_Model):
     """A remote MCP server (streamable HTTP) whose tools the agent may call."""
 
-    name: Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")]
+    name: Annotated[
+        str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    ]
     """Name of the server, unique in the run; prefixes its tools' names."""
     url: Annotated[str, Field(min_length=1, max_length=2048, pattern=r"^https?://")]
     """Streamable-HTTP endpoint of the server, for example `http://tools.svc:8000/mcp`."""
@@ -183,7 +185,8 @@ class Approval(_Model):
     reason: Annotated[str | None, Field(max_length=MAX_MESSAGE_CHARS)] = None
     """Why; on Deny the model receives it as the call's result."""
     arguments: Annotated[
-        dict[str, Any] | None, Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+        dict[str, Any] | None,
+        Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}),
     ] = None
     """On Approve, arguments that replace the ones the model proposed."""
     approver: Annotated[str | None, Field(max_length=MAX_ID_CHARS)] = None
@@ -234,16 +237,20 @@ class PodTemplate(_Model):
     resources: Annotated[dict[str, Any] | None, Field(json_schema_extra=_PRESERVE)] = None
     """Container resources (requests, limits), as in a Pod."""
     env: Annotated[
-        list[dict[str, Any]], Field(max_length=64, json_schema_extra={"items": {"type": "object", **_PRESERVE}})
+        list[dict[str, Any]],
+        Field(max_length=64, json_schema_extra={"items": {"type": "object", **_PRESERVE}}),
     ] = []
     """Extra environment variables of the runner container, as in a Pod."""
     node_selector: Annotated[dict[str, str] | None, Field(alias="nodeSelector")] = None
     """Node selector of the runner's pod."""
     tolerations: Annotated[
-        list[dict[str, Any]], Field(max_length=64, json_schema_extra={"items": {"type": "object", **_PRESERVE}})
+        list[dict[str, Any]],
+        Field(max_length=64, json_schema_extra={"items": {"type": "object", **_PRESERVE}}),
     ] = []
     """Tolerations of the runner's pod."""
-    service_account_name: Annotated[str | None, Field(alias="serviceAccountName", max_length=253)] = None
+    service_account_name: Annotated[
+        str | None, Field(alias="serviceAccountName", max_length=253)
+    ] = None
     """Run the pod as this ServiceAccount instead of the one the operator creates for the
     run. It needs the same permissions: read this AgentRun, read and write its checkpoint."""
 
@@ -261,7 +268,9 @@ class AgentRunSpec(_Model):
     """Endpoint and credentials of the model. Immutable."""
     tools: Annotated[list[BuiltinTool], Field(max_length=MAX_TOOLS)] = []
     """Built-in tools the agent may call; none when omitted. Immutable."""
-    mcp_servers: Annotated[list[McpServer], Field(alias="mcpServers", max_length=MAX_MCP_SERVERS)] = []
+    mcp_servers: Annotated[
+        list[McpServer], Field(alias="mcpServers", max_length=MAX_MCP_SERVERS)
+    ] = []
     """Remote MCP servers whose tools the agent may call. Immutable."""
     approvals: Annotated[list[Approval], Field(max_length=MAX_APPROVALS)] = []
     """Decisions on pending tool calls, keyed by toolCallId. Append-only."""

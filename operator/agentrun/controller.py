@@ -165,7 +165,9 @@ def reconcile(namespace: str, name: str) -> float | None:
         if error.status == 404:
             return None
         metrics.reconcile_failed(error)
-        log.warning("Could not read AgentRun %s/%s (HTTP %s); will retry.", namespace, name, error.status)
+        log.warning(
+            "Could not read AgentRun %s/%s (HTTP %s); will retry.", namespace, name, error.status
+        )
         return 5.0
     if run["metadata"].get("deletionTimestamp"):
         return None
@@ -227,7 +229,10 @@ _STATUS_KEYS = {f.alias or n for n, f in api.AgentRunStatus.model_fields.items()
 
 
 def _refuse_spec(
-    state: _Operator, run: dict[str, Any], before: api.AgentRunStatus, error: pydantic.ValidationError
+    state: _Operator,
+    run: dict[str, Any],
+    before: api.AgentRunStatus,
+    error: pydantic.ValidationError,
 ) -> None:
     """A spec the schema let through but the models refuse: fail the run, saying why."""
     problems = "; ".join(
@@ -274,7 +279,9 @@ def _stop_job(state: _Operator, namespace: str, job_name: str) -> None:
         )
 
 
-def _start_attempt(state: _Operator, run: dict[str, Any], spec: api.AgentRunSpec, attempt: int) -> None:
+def _start_attempt(
+    state: _Operator, run: dict[str, Any], spec: api.AgentRunSpec, attempt: int
+) -> None:
     """RBAC first (the pod needs it), then the checkpoint claim (fencing: a runner of an
     older attempt is refused from here on), then the Job."""
     meta = run["metadata"]
@@ -282,9 +289,13 @@ def _start_attempt(state: _Operator, run: dict[str, Any], spec: api.AgentRunSpec
     for obj in rbac.objects(run_name=name, run_uid=uid):
         _create(state, namespace, obj)
 
-    checkpoint.claim(state.clients.core, namespace=namespace, run_name=name, run_uid=uid, attempt=attempt)
+    checkpoint.claim(
+        state.clients.core, namespace=namespace, run_name=name, run_uid=uid, attempt=attempt
+    )
 
-    job = jobs.build(run_name=name, run_uid=uid, spec=spec, attempt=attempt, defaults=state.defaults)
+    job = jobs.build(
+        run_name=name, run_uid=uid, spec=spec, attempt=attempt, defaults=state.defaults
+    )
     _create(state, namespace, job)
 
 
@@ -313,12 +324,17 @@ def _write_status(state: _Operator, run: dict[str, Any], status: api.AgentRunSta
     )
 
 
-def _post_events(state: _Operator, run: dict[str, Any], events: tuple[decisions.Event, ...]) -> None:
+def _post_events(
+    state: _Operator, run: dict[str, Any], events: tuple[decisions.Event, ...]
+) -> None:
     meta = run["metadata"]
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     for event in events:
         body = {
-            "metadata": {"generateName": f"{names.fit(meta['name'], limit=200)}.", "namespace": meta["namespace"]},
+            "metadata": {
+                "generateName": f"{names.fit(meta['name'], limit=200)}.",
+                "namespace": meta["namespace"],
+            },
             "involvedObject": {
                 "apiVersion": f"{api.GROUP}/{api.VERSION}",
                 "kind": api.KIND,
@@ -340,7 +356,9 @@ def _post_events(state: _Operator, run: dict[str, Any], events: tuple[decisions.
             state.clients.core.create_namespaced_event(meta["namespace"], body)
         except ApiException as error:
             # An Event is a courtesy: losing one must not stop the run.
-            log.warning("Could not post Event %s on %s: HTTP %s.", event.reason, meta["name"], error.status)
+            log.warning(
+                "Could not post Event %s on %s: HTTP %s.", event.reason, meta["name"], error.status
+            )
 
 
 class _Conflict(Exception):

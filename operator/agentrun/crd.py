@@ -17,7 +17,7 @@ import yaml
 
 from agentrun import api
 
-__all__ = ["build", "render", "main"]
+__all__ = ["build", "main", "render"]
 
 # Lists that behave as maps: server-side apply merges them by key, and CEL transition
 # rules on their items compare an item with the old item of the same key.

@@ -157,7 +157,9 @@ def _succeed(seen: Observed, status: api.AgentRunStatus, record: api.CheckpointR
     status.output = output[: api.MAX_OUTPUT_CHARS]
     status.completion_time = _stamp(seen.now)
     status.pending_approvals, status.pending_count = [], 0
-    message = f"The agent answered after {record.requests} model requests in attempt {status.attempt}."
+    message = (
+        f"The agent answered after {record.requests} model requests in attempt {status.attempt}."
+    )
     return _transition(seen, status, api.Phase.SUCCEEDED, "Succeeded", message, final=True)
 
 
@@ -173,7 +175,11 @@ def _failure_of(
     status: api.AgentRunStatus, job: JobView | None, record: api.CheckpointRecord | None
 ) -> api.AttemptFailure:
     """Why the current attempt failed: the runner's own account if it left one."""
-    if record is not None and record.failure is not None and record.failure.attempt == status.attempt:
+    if (
+        record is not None
+        and record.failure is not None
+        and record.failure.attempt == status.attempt
+    ):
         return record.failure
     detail = job.failure if job is not None and job.failure else "its pods failed"
     return api.AttemptFailure(
@@ -227,8 +233,7 @@ def _await_decisions(
         deadline = oldest + datetime.timedelta(seconds=policy.timeout_seconds)
         if seen.now >= deadline:
             message = (
-                f"{len(undecided)} pending calls got no decision within "
-                f"{policy.timeout_seconds}s."
+                f"{len(undecided)} pending calls got no decision within {policy.timeout_seconds}s."
             )
             if policy.on_timeout == api.OnTimeout.FAIL:
                 return _fail(seen, status, "ApprovalTimeout", message)
@@ -336,7 +341,9 @@ def set_phase_condition(
                 status=truth,
                 reason=reason if truth == "True" else (old.reason if old else reason),
                 message=message if truth == "True" else (old.message if old else ""),
-                lastTransitionTime=_stamp(now) if moved or old is None else old.last_transition_time,
+                lastTransitionTime=_stamp(now)
+                if moved or old is None
+                else old.last_transition_time,
                 observedGeneration=generation,
             )
         )

@@ -162,7 +162,10 @@ def _env(
 ) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "AGENTRUN_NAME", "value": run_name},
-        {"name": "AGENTRUN_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {
+            "name": "AGENTRUN_NAMESPACE",
+            "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+        },
         {"name": "AGENTRUN_UID", "value": run_uid},
         {"name": "AGENTRUN_ATTEMPT", "value": str(attempt)},
         {"name": "AGENTRUN_LOG_LEVEL", "value": defaults.log_level},
@@ -192,7 +195,9 @@ def _mcp_headers(spec: api.AgentRunSpec) -> list[dict[str, Any]]:
 def view(job: dict[str, Any]) -> decisions.JobView:
     """What decisions need to know of a Job, from its manifest."""
     status = job.get("status") or {}
-    conditions = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
+    conditions = {
+        c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"
+    }
     failed = conditions.get("Failed")
     return decisions.JobView(
         name=job["metadata"]["name"],
@@ -200,5 +205,7 @@ def view(job: dict[str, Any]) -> decisions.JobView:
         failed=failed is not None,
         suspended=bool((job.get("spec") or {}).get("suspend")),
         deleting=bool(job["metadata"].get("deletionTimestamp")),
-        failure=f"{failed.get('reason', '')}: {failed.get('message', '')}".strip(": ") if failed else "",
+        failure=f"{failed.get('reason', '')}: {failed.get('message', '')}".strip(": ")
+        if failed
+        else "",
     )

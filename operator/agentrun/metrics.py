@@ -17,7 +17,9 @@ __all__ = ["forget", "observe", "reconcile_failed"]
 
 RUNS = Gauge("agentrun_runs", "AgentRuns this operator watches, by phase.", ["phase"])
 TOKENS = Counter(
-    "agentrun_tokens_total", "Model tokens used by runs, by model and direction.", ["model", "direction"]
+    "agentrun_tokens_total",
+    "Model tokens used by runs, by model and direction.",
+    ["model", "direction"],
 )
 RUN_DURATION = Histogram(
     "agentrun_run_duration_seconds",

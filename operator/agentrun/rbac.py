@@ -41,10 +41,18 @@ def objects(*, run_name: str, run_uid: str) -> list[dict[str, Any]]:
         {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
     ]
     return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta,
-         "automountServiceAccountToken": True},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": meta,
-         "rules": rules},
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": meta,
+            "automountServiceAccountToken": True,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": meta,
+            "rules": rules,
+        },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "RoleBinding",

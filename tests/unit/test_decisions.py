@@ -90,7 +90,9 @@ def test_a_succeeded_job_with_an_answer_ends_the_run_succeeded() -> None:
     record = api.CheckpointRecord(attempt=1, outcome=api.Outcome.SUCCEEDED, output="42")
 
     plan = decisions.decide(
-        observed(status=running(), job=decisions.JobView(name="demo-1", succeeded=True), record=record)
+        observed(
+            status=running(), job=decisions.JobView(name="demo-1", succeeded=True), record=record
+        )
     )
 
     assert plan.status.phase == api.Phase.SUCCEEDED
@@ -107,7 +109,9 @@ def test_an_output_longer_than_the_bound_is_cut_in_status() -> None:
     record = api.CheckpointRecord(attempt=1, outcome=api.Outcome.SUCCEEDED, output="x" * 100_000)
 
     plan = decisions.decide(
-        observed(status=running(), job=decisions.JobView(name="demo-1", succeeded=True), record=record)
+        observed(
+            status=running(), job=decisions.JobView(name="demo-1", succeeded=True), record=record
+        )
     )
 
     assert plan.status.output is not None
@@ -118,7 +122,9 @@ def test_a_record_of_an_older_attempt_does_not_finish_the_run() -> None:
     stale = api.CheckpointRecord(attempt=1, outcome=api.Outcome.SUCCEEDED, output="old")
 
     plan = decisions.decide(
-        observed(status=running(2), job=decisions.JobView(name="demo-2", succeeded=True), record=stale)
+        observed(
+            status=running(2), job=decisions.JobView(name="demo-2", succeeded=True), record=stale
+        )
     )
 
     assert plan.status.phase != api.Phase.SUCCEEDED
@@ -133,12 +139,22 @@ def test_a_failed_attempt_waits_out_the_backoff_then_starts_the_next() -> None:
 
     counted = decisions.decide(observed(spec=spec, status=running(), job=job, record=record))
     early = decisions.decide(
-        observed(spec=spec, status=api.dump(counted.status), job=job, record=record,
-                 now=NOW + datetime.timedelta(seconds=5))
+        observed(
+            spec=spec,
+            status=api.dump(counted.status),
+            job=job,
+            record=record,
+            now=NOW + datetime.timedelta(seconds=5),
+        )
     )
     due = decisions.decide(
-        observed(spec=spec, status=api.dump(counted.status), job=job, record=record,
-                 now=NOW + datetime.timedelta(seconds=20))
+        observed(
+            spec=spec,
+            status=api.dump(counted.status),
+            job=job,
+            record=record,
+            now=NOW + datetime.timedelta(seconds=20),
+        )
     )
 
     assert counted.status.failed_attempts == 1
@@ -153,7 +169,9 @@ def test_a_failed_attempt_waits_out_the_backoff_then_starts_the_next() -> None:
 
 
 def test_the_last_allowed_failure_fails_the_run_with_the_runners_reason() -> None:
-    failure = api.AttemptFailure(attempt=3, reason="ModelError", message="endpoint answered HTTP 500.")
+    failure = api.AttemptFailure(
+        attempt=3, reason="ModelError", message="endpoint answered HTTP 500."
+    )
     record = api.CheckpointRecord(attempt=3, failure=failure)
 
     plan = decisions.decide(
@@ -172,7 +190,9 @@ def test_the_last_allowed_failure_fails_the_run_with_the_runners_reason() -> Non
 
 
 def test_a_final_failure_such_as_a_budget_fails_the_run_without_retrying() -> None:
-    failure = api.AttemptFailure(attempt=1, reason="BudgetExceeded", message="50 requests.", final=True)
+    failure = api.AttemptFailure(
+        attempt=1, reason="BudgetExceeded", message="50 requests.", final=True
+    )
 
     plan = decisions.decide(
         observed(
@@ -202,12 +222,17 @@ def test_a_job_that_failed_without_a_runner_account_names_the_job() -> None:
 
 def test_a_paused_attempt_awaits_decisions_and_lists_pending_calls() -> None:
     pending = api.PendingCall(
-        toolCallId="c1", toolName="shell", arguments='{"command": "ls"}', requestedAt="2026-12-03T11:59:00Z"
+        toolCallId="c1",
+        toolName="shell",
+        arguments='{"command": "ls"}',
+        requestedAt="2026-12-03T11:59:00Z",
     )
     record = api.CheckpointRecord(attempt=1, outcome=api.Outcome.PAUSED, pending=[pending])
 
     plan = decisions.decide(
-        observed(status=running(), job=decisions.JobView(name="demo-1", succeeded=True), record=record)
+        observed(
+            status=running(), job=decisions.JobView(name="demo-1", succeeded=True), record=record
+        )
     )
 
     assert plan.status.phase == api.Phase.AWAITING_APPROVAL
@@ -219,7 +244,8 @@ def test_a_paused_attempt_awaits_decisions_and_lists_pending_calls() -> None:
 
 def paused_with(*ids: str) -> api.CheckpointRecord:
     calls = [
-        api.PendingCall(toolCallId=i, toolName="shell", requestedAt="2026-12-03T11:59:00Z") for i in ids
+        api.PendingCall(toolCallId=i, toolName="shell", requestedAt="2026-12-03T11:59:00Z")
+        for i in ids
     ]
     return api.CheckpointRecord(attempt=1, outcome=api.Outcome.PAUSED, pending=calls)
 
@@ -229,8 +255,12 @@ def test_a_paused_run_waits_until_every_pending_call_is_decided() -> None:
     one = {"approvals": [{"toolCallId": "c1", "decision": "Approve"}]}
     both = {"approvals": [*one["approvals"], {"toolCallId": "c2", "decision": "Deny"}]}
 
-    partly = decisions.decide(observed(spec=one, status=running(), job=job, record=paused_with("c1", "c2")))
-    fully = decisions.decide(observed(spec=both, status=running(), job=job, record=paused_with("c1", "c2")))
+    partly = decisions.decide(
+        observed(spec=one, status=running(), job=job, record=paused_with("c1", "c2"))
+    )
+    fully = decisions.decide(
+        observed(spec=both, status=running(), job=job, record=paused_with("c1", "c2"))
+    )
 
     assert partly.start_attempt is None
     assert partly.status.pending_count == 1
