@@ -37,7 +37,7 @@ cluster-down: ## Stop the local control plane and every process it started
 
 .PHONY: crds
 crds: install ## Generate the CRD from the API models into crds/ and the chart
-	$(PY) -m agentrun.crd crds/agentrun.dev_agentruns.yaml charts/agentrun-operator/crds/agentrun.dev_agentruns.yaml
+	$(PY) -m agentrun.crd crds/agentrun.dev_agentruns.yaml charts/agentrun-operator/crds/agentrun.dev_agentruns.yaml README.md
 
 .PHONY: lint
 lint: install ## ruff, mypy strict, import-linter contracts, helm lint, hadolint

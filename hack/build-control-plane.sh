@@ -29,6 +29,10 @@ build_kubernetes() {
   local v=$KUBERNETES_VERSION minor=${KUBERNETES_VERSION#v1.}
   minor=${minor%%.*}
   local staging="v0.${KUBERNETES_VERSION#v1.}" work="$cache/work/kubernetes-$v"
+  if install_cached kube-apiserver "$v" && install_cached kube-controller-manager "$v" \
+    && install_cached kubectl "$v"; then
+    return
+  fi
   mkdir -p "$work"
 
   # The kubernetes module requires its ~33 staging modules at v0.0.0 through replace

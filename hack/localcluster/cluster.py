@@ -146,7 +146,7 @@ def stop(state_dir: Path) -> None:
     # earlier leaves them behind; their pid files catch those.
     if pid := running.get("kubelet"):
         processes.terminate_groups([pid], grace=15)
-    processes.terminate_groups(_pod_pids(state_dir), grace=2)
+    processes.terminate_groups(processes.recorded_pids(state_dir.glob("pods/*/*.pid")), grace=2)
     others = [pid for name, pid in running.items() if name != "kubelet" and pid]
     processes.terminate_groups(others, grace=10)
     for child in _CHILDREN.pop(state_dir, []):
@@ -380,18 +380,6 @@ current-context: localcluster
     partial.write_text(text)
     partial.chmod(0o600)
     partial.replace(cluster.kubeconfig)
-
-
-def _pod_pids(state_dir: Path) -> list[int]:
-    pids = []
-    for pid_file in state_dir.glob("pods/*/*.pid"):
-        try:
-            pid = int(pid_file.read_text())
-        except (OSError, ValueError):
-            continue
-        if processes.alive(pid) and processes.belongs_to(pid, str(pid_file.parent)):
-            pids.append(pid)
-    return pids
 
 
 def _admin_context(pki: certs.Pki) -> ssl.SSLContext:

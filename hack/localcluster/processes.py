@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["alive", "belongs_to", "spawn", "terminate_groups"]
+__all__ = ["alive", "belongs_to", "recorded_pids", "spawn", "terminate_groups"]
 
 
 def spawn(
@@ -70,6 +70,23 @@ def belongs_to(pid: int, marker: str) -> bool:
         return marker in os.readlink(proc / "cwd")
     except OSError:
         return False
+
+
+def recorded_pids(pid_files: Iterable[Path]) -> list[int]:
+    """The live pids written in pid_files, each checked against its file's folder.
+
+    The kubelet writes one pid file per running container into the pod's folder, and the
+    process's HOME is that folder; a pid reused by a stranger is left alone.
+    """
+    pids = []
+    for pid_file in pid_files:
+        try:
+            pid = int(pid_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if alive(pid) and belongs_to(pid, str(pid_file.parent)):
+            pids.append(pid)
+    return pids
 
 
 def terminate_groups(pids: Iterable[int], *, grace: float) -> None:

@@ -419,6 +419,31 @@ class AttemptFailure(_Model):
     """True when another attempt cannot help (a limit was reached): the run fails now."""
 
 
+class SegmentRef(_Model):
+    """One segment of the history as the record knows it: what of it is committed."""
+
+    name: str
+    """Name of the segment's ConfigMap."""
+    chunks: int = 0
+    """Committed chunks, the segment's binaryData keys `c00000`, `c00001`, ... in order;
+    any other key is an uncommitted write and is ignored."""
+    bytes: int = 0
+    """Compressed bytes of the committed chunks."""
+    raw_bytes: Annotated[int, Field(alias="rawBytes")] = 0
+    """Bytes of history they hold once decompressed."""
+    digest: str = ""
+    """SHA-256 (hex, first 32 digits) of the committed chunks' compressed bytes, in order."""
+
+
+class StartedCall(_Model):
+    """A tool call that started and whose result is not in the history yet (write-ahead)."""
+
+    tool_call_id: Annotated[str, Field(alias="toolCallId")]
+    tool_name: Annotated[str, Field(alias="toolName")]
+    step: int = 0
+    """The step whose model response asked for the call."""
+
+
 class CheckpointRecord(_Model):
     """The small state record beside the history, in the checkpoint's index ConfigMap.
 
@@ -430,8 +455,8 @@ class CheckpointRecord(_Model):
     """The attempt that owns the checkpoint; writes from any other are refused."""
     step: int = 0
     """Steps recorded so far."""
-    segments: list[str] = []
-    """Names of the ConfigMaps holding the history, in order."""
+    segments: list[SegmentRef] = []
+    """The ConfigMaps holding the history, in order."""
     messages: int = 0
     """Messages in the history."""
     bytes: int = 0
@@ -442,6 +467,12 @@ class CheckpointRecord(_Model):
     """Tokens so far, across attempts."""
     pending: list[PendingCall] = []
     """Calls waiting for a decision."""
+    started: list[StartedCall] = []
+    """Calls that started but whose results are not in the history yet. After a crash these
+    are not silently run again: see `agentrun.runner`."""
+    elapsed_seconds: Annotated[float, Field(alias="elapsedSeconds")] = 0.0
+    """Time the run's attempts spent running so far (waiting for approvals or for the next
+    attempt excluded); limits.timeoutSeconds bounds it."""
     outcome: Outcome = Outcome.RUNNING
     """How the last runner left the run."""
     output: str | None = None

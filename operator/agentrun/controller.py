@@ -95,7 +95,7 @@ def _login(**_: Any) -> kopf.ConnectionInfo:
 
 
 @kopf.on.startup()
-def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Handler progress and the last-handled spec go to annotations: the status is
     # ours alone, and its schema is structural (kopf's fields would be pruned).
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
@@ -106,6 +106,7 @@ def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.enabled = False
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
+    settings.execution.max_workers = 32
     asyncio.get_running_loop().set_default_executor(
         concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="reconcile")
     )
@@ -115,7 +116,16 @@ def _unfinished(status: dict[str, Any], **_: Any) -> bool:
     return status.get("phase") not in _FINAL
 
 
-@kopf.daemon(api.GROUP, api.VERSION, api.PLURAL, when=_unfinished, cancellation_timeout=10)
+# A run that turns final stops its supervisor (the `when` filter); the backoff lets the
+# reconcile in flight finish its writes instead of being cancelled mid-way.
+@kopf.daemon(
+    api.GROUP,
+    api.VERSION,
+    api.PLURAL,
+    when=_unfinished,
+    cancellation_backoff=10,
+    cancellation_timeout=10,
+)
 async def _supervise(
     name: str, namespace: str, uid: str, stopped: kopf.DaemonStopped, **_: Any
 ) -> None:
@@ -127,9 +137,19 @@ async def _supervise(
         delay = await asyncio.to_thread(reconcile, namespace, name)
         if delay is None:
             break
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), timeout=delay)
+        await _sleep(wake, stopped, delay)
     state.wakers.pop(uid, None)
+
+
+async def _sleep(wake: asyncio.Event, stopped: kopf.DaemonStopped, delay: float) -> None:
+    """Until woken by an event about the run, told to stop, or `delay` passes."""
+    woken = asyncio.ensure_future(wake.wait())
+    halted = asyncio.ensure_future(stopped.wait())
+    try:
+        await asyncio.wait({woken, halted}, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        woken.cancel()
+        halted.cancel()
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
@@ -422,10 +442,10 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `agentrun-operator` console script."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    kopf.configure(verbose=args.verbose)
+    if not args.verbose:
+        # kopf reports every watch-event handler call at INFO; ours say what happened.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
 
     config = kube.load_config()
     config.connection_pool_maxsize = 32
@@ -452,7 +472,6 @@ def main(argv: list[str] | None = None) -> None:
         args.metrics_port,
         args.health_port,
     )
-    kopf.configure(verbose=args.verbose)
     kopf.run(
         clusterwide=args.all_namespaces,
         namespaces=() if args.all_namespaces else namespaces,

@@ -298,7 +298,7 @@ def _transition(
     event_anyway: bool = False,
 ) -> Plan:
     """Set the phase, its condition, reason and message; an Event when the phase changes."""
-    changed = status.phase != phase or status.reason != reason
+    changed = status.phase != phase
     status.phase = phase
     status.reason, status.message = reason, message
     status.conditions = set_phase_condition(
