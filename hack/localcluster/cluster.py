@@ -36,7 +36,15 @@ from pathlib import Path
 from localcluster import certs, processes
 
 __all__ = [
-    "BIN_DIR", "CONTROLLERS", "Cluster", "ClusterError", "load", "start", "status", "stop",
+    "BIN_DIR",
+    "COMPONENTS",
+    "CONTROLLERS",
+    "Cluster",
+    "ClusterError",
+    "load",
+    "start",
+    "status",
+    "stop",
 ]
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -276,10 +276,9 @@ class Kubelet:
             return
         self._deleted.add(metadata["uid"])
         try:
-            self._core.delete_namespaced_pod(
-                metadata["name"], metadata["namespace"], grace_period_seconds=0,
-                body={"preconditions": {"uid": metadata["uid"]}}, _preload_content=False,
-            )  # fmt: skip
+            podrunner.delete_now(
+                self._core, namespace=metadata["namespace"], name=metadata["name"], uid=metadata["uid"]
+            )
         except ApiException as error:
             if error.status not in (404, 409):
                 raise

@@ -52,7 +52,7 @@ from kubernetes.client.rest import ApiException
 
 from localcluster import podenv, podstatus, processes
 
-__all__ = ["NodeContext", "PodRunner"]
+__all__ = ["NodeContext", "PodRunner", "delete_now"]
 
 log = logging.getLogger("localcluster.kubelet")
 
@@ -416,10 +416,7 @@ class PodRunner:
 
     def _delete(self) -> None:
         try:
-            self._context.core.delete_namespaced_pod(
-                self.pod_name, self.namespace, grace_period_seconds=0,
-                body={"preconditions": {"uid": self.uid}}, _preload_content=False,
-            )  # fmt: skip
+            delete_now(self._context.core, namespace=self.namespace, name=self.pod_name, uid=self.uid)
         except _API_ERRORS as error:
             if not (isinstance(error, ApiException) and error.status in (404, 409)):
                 log.warning("Pod %s: could not delete it: %s.", self.label, _describe(error))
@@ -522,6 +519,13 @@ class PodRunner:
 
     def _slots(self) -> list[_Slot]:
         return [*self._init, *self._main]
+
+
+def delete_now(core: Any, *, namespace: str, name: str, uid: str) -> None:
+    """Delete a pod with grace period 0, provided it is still the pod with this uid."""
+    # Both go in the body: the apiserver ignores query parameters when a body is sent.
+    options = {"gracePeriodSeconds": 0, "preconditions": {"uid": uid}}
+    core.delete_namespaced_pod(name, namespace, body=options, _preload_content=False)
 
 
 def _write_atomically(path: Path, data: bytes) -> None:

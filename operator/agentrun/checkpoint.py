@@ -305,11 +305,13 @@ def claim(
 
 @dataclasses.dataclass
 class WriteStats:
-    """What a writer sent to the API server, for the step log and the benchmark."""
+    """What a writer sent to the API server, for the runner's log and the benchmark."""
 
     requests: int = 0
     request_bytes: int = 0
-    """Bytes of the request bodies (JSON, chunks in base64)."""
+    """Bytes of all request bodies (JSON; chunks in base64)."""
+    segment_request_bytes: int = 0
+    """Bytes of the request bodies that wrote segments."""
     chunk_bytes: int = 0
     """Compressed history bytes in those requests."""
 
@@ -554,8 +556,11 @@ class _ConfigMaps:
         return str(_json(response)["metadata"]["resourceVersion"])
 
     def _count(self, body: dict[str, Any]) -> None:
+        size = len(json.dumps(body, separators=(",", ":")))
         self.stats.requests += 1
-        self.stats.request_bytes += len(json.dumps(body, separators=(",", ":")))
+        self.stats.request_bytes += size
+        if "binaryData" in body:
+            self.stats.segment_request_bytes += size
 
 
 def _json(response: Any) -> dict[str, Any]:

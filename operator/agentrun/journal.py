@@ -73,6 +73,23 @@ class Journal:
     def record(self) -> api.CheckpointRecord:
         return self._writer.record
 
+    def log_writes(self) -> None:
+        """One sentence on what this attempt sent to the API server for its checkpoint."""
+        stats, record = self._writer.stats, self.record
+        log.info(
+            "Run %s attempt %d wrote its checkpoint in %d requests of %d bytes in all, "
+            "%d of them to segments, carrying %d bytes of history chunks; "
+            "the history is %d bytes compressed in %d segments.",
+            self._run,
+            self._attempt,
+            stats.requests,
+            stats.request_bytes,
+            stats.segment_request_bytes,
+            stats.chunk_bytes,
+            record.bytes,
+            len(record.segments),
+        )
+
     @property
     def interrupted(self) -> dict[str, api.StartedCall]:
         """Calls a previous runner started without storing their results."""

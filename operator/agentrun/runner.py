@@ -123,7 +123,16 @@ def _configure_logging(level: str) -> None:
     steps.addHandler(plain)
 
     # Client libraries log every request (and their options at debug): keep them quiet.
-    for name in ("openai", "httpx2", "httpcore", "urllib3", "kubernetes", "mcp", "fastmcp"):
+    for name in (
+        "openai",
+        "httpx2",
+        "httpcore2",
+        "urllib3",
+        "kubernetes",
+        "mcp",
+        "fastmcp",
+        "asyncio",
+    ):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
@@ -384,6 +393,7 @@ class _Attempt:
                 len(pending),
                 ", ".join(p.tool_call_id for p in pending),
             )
+            steps.log_writes()
             return EXIT_OK
         await steps.end(
             usage=usage,
@@ -397,6 +407,7 @@ class _Attempt:
             settings.attempt,
             usage.requests,
         )
+        steps.log_writes()
         return EXIT_OK
 
     def _failure_of(self, error: Exception) -> Exception:

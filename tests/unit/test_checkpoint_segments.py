@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import random
 import zlib
@@ -38,12 +39,12 @@ def json_lines(count: int, *, seed: int = 7) -> list[bytes]:
     rng = random.Random(seed)
     words = ["tool", "call", "result", "the", "model", "said", "file", "ok", "é", "😀"]
     return [
-        (
-            '{"parts":[{"content":"%s","part_kind":"text"}],"kind":"response"}\n'
-            % " ".join(rng.choice(words) for _ in range(rng.randint(5, 400)))
-        ).encode()
-        for _ in range(count)
+        _line(" ".join(rng.choice(words) for _ in range(rng.randint(5, 400)))) for _ in range(count)
     ]
+
+
+def _line(text: str) -> bytes:
+    return json.dumps({"parts": [{"content": text, "part_kind": "text"}]}).encode() + b"\n"
 
 
 @settings(max_examples=60, deadline=None)

@@ -1,0 +1,228 @@
+"""Pytest fixtures for tests against a real local control plane (hack/localcluster).
+
+Loaded as a plugin by tests/conftest.py. One cluster starts per test session, on free
+loopback ports in a temporary state directory (each pytest-xdist worker starts its own),
+and stops at the session's end. Missing binaries are built first with
+hack/build-control-plane.sh: tests never skip for want of a control plane.
+
+Fixtures:
+    control_plane  session: the running localcluster.cluster.Cluster, with .server (the
+                   apiserver's URL), .ca_file, .kubeconfig, .state_dir, .logs_dir,
+                   .pods_dir and .node_name; start the operator under test with these
+    kubeconfig     session: Path of the admin kubeconfig (system:masters)
+    api_client     session: a kubernetes.client.ApiClient for the admin
+    namespace      function: a fresh namespace named after the test, deleted afterwards
+    kubectl        function: a Kubectl bound to the kubeconfig and that namespace
+
+When a test fails, the report gets the tail of each component's log and the logs of
+the pods in the test's namespace.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import re
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "hack") not in sys.path:
+    sys.path.insert(0, str(ROOT / "hack"))
+
+from localcluster import cluster as localcluster  # noqa: E402
+
+__all__ = [
+    "KUBECTL",
+    "Kubectl",
+    "KubectlError",
+    "api_client",
+    "control_plane",
+    "kubeconfig",
+    "kubectl",
+    "namespace",
+    "wait_until",
+]
+
+KUBECTL = localcluster.BIN_DIR / "kubectl"
+_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
+_LOG_LINES = 40
+
+
+class KubectlError(AssertionError):
+    """kubectl exited non-zero where the test expected success."""
+
+    def __init__(self, argv: list[str], result: subprocess.CompletedProcess[str]) -> None:
+        super().__init__(
+            f"kubectl {' '.join(argv[2:])} exited {result.returncode}:\n"
+            f"{result.stderr.strip() or result.stdout.strip()}"
+        )
+        self.result = result
+
+
+@dataclass(frozen=True)
+class Kubectl:
+    """Runs bin/kubectl against the test cluster, in namespace unless None."""
+
+    kubeconfig: Path
+    namespace: str | None = None
+
+    def __call__(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """Run kubectl with args; KubectlError on a non-zero exit when check is set."""
+        argv = [str(KUBECTL), f"--kubeconfig={self.kubeconfig}"]
+        if self.namespace is not None:
+            argv += ["--namespace", self.namespace]
+        argv += args
+        result = subprocess.run(
+            argv, input=input, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if check and result.returncode != 0:
+            raise KubectlError(argv, result)
+        return result
+
+    def json(self, *args: str, timeout: float = 120) -> Any:
+        """The parsed output of `kubectl ARGS -o json`."""
+        return json.loads(self(*args, "--output=json", timeout=timeout).stdout)
+
+    def apply(self, *manifests: Mapping[str, Any]) -> subprocess.CompletedProcess[str]:
+        """kubectl apply the manifests (Python dicts), all in one call."""
+        document = {"apiVersion": "v1", "kind": "List", "items": list(manifests)}
+        return self("apply", "--filename=-", input=json.dumps(document))
+
+    def in_namespace(self, namespace: str | None) -> Kubectl:
+        return replace(self, namespace=namespace)
+
+
+def wait_until(
+    condition: Callable[[], Any], *, timeout: float = 120, interval: float = 0.5, what: str
+) -> Any:
+    """Poll condition until it returns something truthy, and return that.
+
+    The timeout only bounds waiting; a slow machine waits longer, it does not fail early.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if result := condition():
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"Timed out after {timeout:g} s waiting for {what}.")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[localcluster.Cluster]:
+    _ensure_binaries()
+    state = tmp_path_factory.mktemp("localcluster")
+    started = localcluster.start(state)
+    try:
+        yield started
+    finally:
+        localcluster.stop(state)
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(control_plane: localcluster.Cluster) -> Path:
+    return control_plane.kubeconfig
+
+
+@pytest.fixture(scope="session")
+def api_client(kubeconfig: Path) -> Iterator[client.ApiClient]:
+    api = config.new_client_from_config(config_file=str(kubeconfig))
+    try:
+        yield api
+    finally:
+        api.close()
+
+
+@pytest.fixture
+def namespace(request: pytest.FixtureRequest, api_client: client.ApiClient) -> Iterator[str]:
+    core = client.CoreV1Api(api_client)
+    name = _namespace_name(request.node.name)
+    core.create_namespace({"metadata": {"name": name}}, _preload_content=False)
+    # Pods are refused until the serviceaccount controller made the `default` account.
+    wait_until(
+        lambda: _exists(lambda: core.read_namespaced_service_account("default", name)),
+        timeout=60,
+        what=f"the default ServiceAccount of namespace {name}",
+    )
+    yield name
+    # Not awaited: the namespace controller and the kubelet finish it in the background.
+    try:
+        core.delete_namespace(name, _preload_content=False)
+    except ApiException as error:
+        if error.status != 404:
+            raise
+
+
+@pytest.fixture
+def kubectl(kubeconfig: Path, namespace: str) -> Kubectl:
+    return Kubectl(kubeconfig, namespace)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    funcargs: dict[str, Any] = getattr(item, "funcargs", {})
+    started = funcargs.get("control_plane")
+    if report.failed and isinstance(started, localcluster.Cluster):
+        for title, text in _diagnostics(started, funcargs.get("namespace")):
+            report.sections.append((title, text))
+    return report
+
+
+def _diagnostics(started: localcluster.Cluster, namespace: Any) -> Iterator[tuple[str, str]]:
+    for component in localcluster.COMPONENTS:
+        yield f"{component} log (last {_LOG_LINES} lines)", _tail(started.log(component))
+    if isinstance(namespace, str):
+        for log in sorted(started.pods_dir.glob(f"{namespace}_*/*.log")):
+            yield f"pod {log.parent.name}, {log.name} (last {_LOG_LINES} lines)", _tail(log)
+
+
+def _tail(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError as error:
+        return f"(unreadable: {error})"
+    return "\n".join(lines[-_LOG_LINES:])
+
+
+def _ensure_binaries() -> None:
+    if all((localcluster.BIN_DIR / name).exists() for name in _BINARIES):
+        return
+    localcluster.BIN_DIR.mkdir(exist_ok=True)
+    # xdist workers start together: one builds, the others wait on the lock.
+    with (localcluster.BIN_DIR / ".build.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not all((localcluster.BIN_DIR / name).exists() for name in _BINARIES):
+            subprocess.run([str(ROOT / "hack" / "build-control-plane.sh")], check=True)
+
+
+def _namespace_name(test_name: str) -> str:
+    # A namespace name is a DNS label: at most 63 characters of [a-z0-9-]. A random
+    # suffix keeps reruns and parametrised tests apart.
+    base = re.sub(r"[^a-z0-9]+", "-", test_name.lower().removeprefix("test_")).strip("-")
+    return f"{base[:57].rstrip('-') or 'test'}-{secrets.token_hex(3)[:5]}"
+
+
+def _exists(read: Callable[[], Any]) -> bool:
+    try:
+        read()
+    except ApiException as error:
+        if error.status == 404:
+            return False
+        raise
+    return True
