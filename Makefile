@@ -29,11 +29,11 @@ control-plane: ## Build kube-apiserver, kube-controller-manager, kubectl, etcd, 
 
 .PHONY: cluster-up
 cluster-up: install control-plane ## Start a local control plane with a process-kubelet; kubeconfig in .local/
-	@bash hack/cluster-up.sh $(STATE)
+	@LOCALCLUSTER_STATE=$(STATE) bash hack/cluster-up.sh
 
 .PHONY: cluster-down
 cluster-down: ## Stop the local control plane and every process it started
-	@bash hack/cluster-down.sh $(STATE)
+	@LOCALCLUSTER_STATE=$(STATE) bash hack/cluster-down.sh
 
 .PHONY: crds
 crds: install ## Generate the CRD from the API models into crds/ and the chart
@@ -58,7 +58,7 @@ demo: install control-plane ## The main job end to end: operator via Helm, a run
 
 .PHONY: demo-down
 demo-down: ## Stop what make demo started
-	@$(PY) hack/demo.py down --state $(STATE) 2>/dev/null || bash hack/cluster-down.sh $(STATE)
+	@$(PY) hack/demo.py down --state $(STATE) 2>/dev/null || LOCALCLUSTER_STATE=$(STATE) bash hack/cluster-down.sh
 
 .PHONY: bench
 bench: install control-plane ## Print the benchmark figures (takes minutes)

@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client, config
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "hack") not in sys.path:
@@ -139,18 +139,20 @@ def kubeconfig(control_plane: localcluster.Cluster) -> Path:
 
 @pytest.fixture(scope="session")
 def api_client(kubeconfig: Path) -> Iterator[client.ApiClient]:
-    api = config.new_client_from_config(config_file=str(kubeconfig))
+    api: client.ApiClient = config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=str(kubeconfig)
+    )
     try:
         yield api
     finally:
-        api.close()
+        api.close()  # type: ignore[no-untyped-call]
 
 
 @pytest.fixture
 def namespace(request: pytest.FixtureRequest, api_client: client.ApiClient) -> Iterator[str]:
     core = client.CoreV1Api(api_client)
     name = _namespace_name(request.node.name)
-    core.create_namespace({"metadata": {"name": name}}, _preload_content=False)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     # Pods are refused until the serviceaccount controller made the `default` account.
     wait_until(
         lambda: _exists(lambda: core.read_namespaced_service_account("default", name)),

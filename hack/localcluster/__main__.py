@@ -17,7 +17,7 @@ if __package__ in (None, ""):
     # so that its module names cannot shadow anyone else's.
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from localcluster import cluster  # noqa: E402
+from localcluster import cluster
 
 
 def main(argv: list[str] | None = None) -> int:

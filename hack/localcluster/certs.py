@@ -62,7 +62,9 @@ _LEAVES = {
     "apiserver": ("/CN=kube-apiserver", "serverAuth", _APISERVER_NAMES),
     "admin": ("/O=system:masters/CN=admin", "clientAuth", ""),
     "apiserver-kubelet-client": (
-        "/O=system:masters/CN=kube-apiserver-kubelet-client", "clientAuth", ""
+        "/O=system:masters/CN=kube-apiserver-kubelet-client",
+        "clientAuth",
+        "",
     ),
     "kubelet": ("/CN=localcluster-kubelet", "serverAuth", "IP:127.0.0.1,DNS:localhost"),
 }

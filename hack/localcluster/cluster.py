@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import os
 import shutil
 import socket
 import ssl
@@ -324,12 +323,11 @@ def _apiserver_args(bin_dir: Path, pki: certs.Pki, etcd_url: str, port: int) -> 
 def _controller_manager_args(
     bin_dir: Path, cluster: Cluster, pki: certs.Pki, port: int
 ) -> list[str]:
-    kubeconfig = str(cluster.kubeconfig)
     return [
         str(bin_dir / "kube-controller-manager"),
-        f"--kubeconfig={kubeconfig}",
-        f"--authentication-kubeconfig={kubeconfig}",
-        f"--authorization-kubeconfig={kubeconfig}",
+        # No authentication or authorization kubeconfig: its port then serves health
+        # checks only, and it does not look for a front proxy CA the apiserver lacks.
+        f"--kubeconfig={cluster.kubeconfig}",
         f"--controllers={','.join(CONTROLLERS)}",
         f"--service-account-private-key-file={pki.service_account_key}",
         f"--root-ca-file={pki.ca_cert}",
@@ -419,4 +417,3 @@ def _node_ready(cluster: Cluster, context: ssl.SSLContext) -> bool:
         return False
     conditions = json.loads(body).get("status", {}).get("conditions", [])
     return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
-

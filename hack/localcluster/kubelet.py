@@ -27,7 +27,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -37,11 +37,10 @@ if __package__ in (None, ""):
     # that its module names cannot shadow anyone else's.
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from kubernetes import client, config  # noqa: E402
-from kubernetes.client.rest import ApiException  # noqa: E402
-from kubernetes.watch.watch import iter_resp_lines  # noqa: E402
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
 
-from localcluster import logserver, node, podrunner, podstatus, processes  # noqa: E402
+from localcluster import logserver, node, podrunner, podstatus, processes
 
 __all__ = ["Kubelet", "main"]
 
@@ -58,7 +57,9 @@ class Kubelet:
     """The pods of one node: which run here, which are finished, and their runners."""
 
     def __init__(self, api: Any, *, node_name: str, state_dir: Path) -> None:
-        self._core = client.CoreV1Api(api)
+        # Any: calls here pass _preload_content=False and get raw responses, which the
+        # typed signatures do not describe; raw JSON also spares the strict models.
+        self._core: Any = client.CoreV1Api(api)
         self._api = api
         self._node_name = node_name
         self._pods_dir = state_dir / "pods"
@@ -103,12 +104,18 @@ class Kubelet:
     ) -> tuple[Path, Callable[[], bool]] | None:
         """Where a container's log is and whether it still grows (for the log server)."""
         with self._lock:
-            runners = [r for r in self._runners.values() if (r.namespace, r.pod_name) == (namespace, pod)]
+            runners = [
+                r for r in self._runners.values() if (r.namespace, r.pod_name) == (namespace, pod)
+            ]
         if runners:
             runner = max(runners, key=lambda r: r.is_alive())
-            return runner.log_path(container, previous=previous), lambda: runner.is_running(container)
+            return runner.log_path(container, previous=previous), lambda: runner.is_running(
+                container
+            )
         # A pod run by an earlier kubelet: its folder is still there.
-        folders = sorted(self._pods_dir.glob(f"{namespace}_{pod}_*"), key=lambda p: p.stat().st_mtime)
+        folders = sorted(
+            self._pods_dir.glob(f"{namespace}_{pod}_*"), key=lambda p: p.stat().st_mtime
+        )
         if not folders:
             return None
         suffix = ".previous.log" if previous else ".log"
@@ -128,7 +135,11 @@ class Kubelet:
                 registered.register()
             except Exception as error:
                 if not waited:
-                    log.info("Waiting for the apiserver to register node %s (%s).", self._node_name, error)
+                    log.info(
+                        "Waiting for the apiserver to register node %s (%s).",
+                        self._node_name,
+                        error,
+                    )
                 waited = True
                 stop.wait(0.5)
                 continue
@@ -141,30 +152,38 @@ class Kubelet:
             try:
                 registered.heartbeat()
             except Exception as error:
-                log.warning("The node heartbeat failed (%s); will try again in %d s.", error, HEARTBEAT_SECONDS)
+                log.warning(
+                    "The node heartbeat failed (%s); will try again in %d s.",
+                    error,
+                    HEARTBEAT_SECONDS,
+                )
 
     def _fail_lost_pods(self) -> None:
         selector = f"spec.nodeName={self._node_name}"
-        answer = self._core.list_pod_for_all_namespaces(field_selector=selector, _preload_content=False)
+        answer = self._core.list_pod_for_all_namespaces(
+            field_selector=selector, _preload_content=False
+        )
         for pod in json.loads(answer.data)["items"]:
             self._finished.add(pod["metadata"]["uid"])
-            if (pod.get("status") or {}).get("phase") in _TERMINAL:
-                continue
-            label = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
-            leftovers = self._pods_dir.glob(
-                f"{pod['metadata']['namespace']}_{pod['metadata']['name']}_{pod['metadata']['uid']}/*.pid"
-            )
-            processes.terminate_groups(processes.recorded_pids(leftovers), grace=2)
-            try:
-                self._core.patch_namespaced_pod_status(
-                    pod["metadata"]["name"], pod["metadata"]["namespace"],
-                    {"metadata": {"uid": pod["metadata"]["uid"]}, "status": podstatus.lost_status(pod)},
-                    _preload_content=False,
-                )  # fmt: skip
-            except ApiException as error:
-                log.warning("Pod %s: could not report it Failed: %s.", label, error.reason)
-                continue
-            log.warning("Pod %s: its processes were gone after a kubelet restart; reported it Failed.", label)
+            if (pod.get("status") or {}).get("phase") not in _TERMINAL:
+                self._fail_lost(pod)
+
+    def _fail_lost(self, pod: Pod) -> None:
+        namespace, name, uid = (pod["metadata"][key] for key in ("namespace", "name", "uid"))
+        # A kubelet killed without its shutdown may have left processes behind.
+        leftovers = self._pods_dir.glob(f"{namespace}_{name}_{uid}/*.pid")
+        processes.terminate_groups(processes.recorded_pids(leftovers), grace=2)
+        patch = {"metadata": {"uid": uid}, "status": podstatus.lost_status(pod)}
+        try:
+            self._core.patch_namespaced_pod_status(name, namespace, patch, _preload_content=False)
+        except ApiException as error:
+            log.warning("Pod %s/%s: could not report it Failed: %s.", namespace, name, error.reason)
+            return
+        log.warning(
+            "Pod %s/%s: its processes were gone after a kubelet restart; reported it Failed.",
+            namespace,
+            name,
+        )
 
     def _watch(self, stop: threading.Event) -> None:
         version: str | None = None
@@ -193,7 +212,7 @@ class Kubelet:
             _request_timeout=(10, WATCH_SECONDS + 30),
         )  # fmt: skip
         try:
-            for line in iter_resp_lines(answer):
+            for line in _lines(answer):
                 event = json.loads(line)
                 pod = event["object"]
                 if event["type"] == "ERROR":
@@ -242,7 +261,9 @@ class Kubelet:
             runner.observe(pod)
         elif runner is not None or uid in self._finished:
             self._delete_if_requested(pod)
-        elif (pod.get("status") or {}).get("phase") in _TERMINAL or metadata.get("deletionTimestamp"):
+        elif (pod.get("status") or {}).get("phase") in _TERMINAL or metadata.get(
+            "deletionTimestamp"
+        ):
             self._finished.add(uid)
             self._delete_if_requested(pod)
         else:
@@ -267,7 +288,9 @@ class Kubelet:
             if error.status == 409:  # bound already; the next event says where
                 return
             raise
-        log.info("Pod %s/%s: bound to node %s.", metadata["namespace"], metadata["name"], self._node_name)
+        log.info(
+            "Pod %s/%s: bound to node %s.", metadata["namespace"], metadata["name"], self._node_name
+        )
 
     def _delete_if_requested(self, pod: Pod) -> None:
         """Finish the deletion of a pod that runs nothing here any more."""
@@ -277,7 +300,10 @@ class Kubelet:
         self._deleted.add(metadata["uid"])
         try:
             podrunner.delete_now(
-                self._core, namespace=metadata["namespace"], name=metadata["name"], uid=metadata["uid"]
+                self._core,
+                namespace=metadata["namespace"],
+                name=metadata["name"],
+                uid=metadata["uid"],
             )
         except ApiException as error:
             if error.status not in (404, 409):
@@ -296,6 +322,15 @@ class Kubelet:
         processes.terminate_groups(processes.recorded_pids(self._pods_dir.glob("*/*.pid")), grace=0)
 
 
+def _lines(answer: Any) -> Iterator[bytes]:
+    """The lines of a streamed response body, as they arrive (one watch event each)."""
+    pending = b""
+    for chunk in answer.stream(amt=None):
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        yield from (line for line in lines if line)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -305,12 +340,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     configuration = client.Configuration()
-    config.load_kube_config(
+    config.load_kube_config(  # type: ignore[no-untyped-call]
         config_file=str(args.kubeconfig), client_configuration=configuration, persist_config=False
     )
     # One connection per pod thread plus the watch: the default pool of 4 would churn.
     configuration.connection_pool_maxsize = 64
-    kubelet = Kubelet(client.ApiClient(configuration), node_name=args.node_name, state_dir=args.state)
+    kubelet = Kubelet(
+        client.ApiClient(configuration), node_name=args.node_name, state_dir=args.state
+    )
     kubelet.run(stop, tls=args)
     log.info("Stopped.")
     return 0

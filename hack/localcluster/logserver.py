@@ -12,6 +12,7 @@ write straight into their log file; sinceSeconds and sinceTime are ignored likew
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import threading
@@ -78,17 +79,20 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.send_header("Content-Type", "text/plain; charset=utf-8")
         self.end_headers()
-        try:
+        # kubectl may go away before the end (Ctrl-C on logs -f).
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
             self._send_log(path, growing, query)
-        except (ConnectionError, ssl.SSLError):
-            pass  # kubectl went away (Ctrl-C on logs -f)
 
     def _send_log(self, path: Path, growing: Callable[[], bool], query: dict[str, str]) -> None:
         with path.open("rb") as source:
             data = source.read()
             if "tailLines" in query:
                 lines = data.splitlines(keepends=True)
-                data = b"".join(lines[-int(query["tailLines"]) :]) if query["tailLines"] != "0" else b""
+                data = (
+                    b"".join(lines[-int(query["tailLines"]) :])
+                    if query["tailLines"] != "0"
+                    else b""
+                )
             budget = int(query["limitBytes"]) if "limitBytes" in query else None
             budget = self._write(data, budget)
             # Follow until the container's process ends, then drain what it wrote last.

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from localcluster import podstatus
 
@@ -59,7 +59,9 @@ class Node:
         # The TaintNodesByCondition admission plugin taints a new Node not-ready, and only
         # the node lifecycle controller (not run here) would lift it. Pods are bound
         # without a scheduler, but kubectl describe should not show a stale taint.
-        answer = self._core.patch_node(self.name, {"spec": {"taints": None}}, _preload_content=False)
+        answer = self._core.patch_node(
+            self.name, {"spec": {"taints": None}}, _preload_content=False
+        )
         self._uid = json.loads(answer.data)["metadata"]["uid"]
         self._core.patch_node_status(self.name, {"status": self._status()}, _preload_content=False)
         self.heartbeat()
@@ -90,7 +92,11 @@ class Node:
     def _create_lease(self) -> None:
         owner = {"apiVersion": "v1", "kind": "Node", "name": self.name, "uid": self._uid}
         body = {
-            "metadata": {"name": self.name, "namespace": LEASE_NAMESPACE, "ownerReferences": [owner]},
+            "metadata": {
+                "name": self.name,
+                "namespace": LEASE_NAMESPACE,
+                "ownerReferences": [owner],
+            },
             "spec": {"holderIdentity": self.name, "leaseDurationSeconds": LEASE_SECONDS},
         }
         # renewTime is left to the patch that follows: the typed create serialises a

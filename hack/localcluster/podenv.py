@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 __all__ = ["ConfigError", "StartError", "command_line", "expand", "resolve"]
 
@@ -54,7 +54,9 @@ def expand(text: str, env: Mapping[str, str]) -> str:
     return "".join(out)
 
 
-def resolve(pod: Pod, container: dict[str, Any], *, base: Mapping[str, str], core: Any) -> dict[str, str]:
+def resolve(
+    pod: Pod, container: dict[str, Any], *, base: Mapping[str, str], core: Any
+) -> dict[str, str]:
     """The container's environment: base, then envFrom, then env.
 
     Raises ConfigError when a required source is missing or unreadable.
@@ -107,8 +109,10 @@ class _Sources:
         return found
 
     def env_from(self, source: dict[str, Any]) -> dict[str, str]:
-        kind, ref = ("secret", source["secretRef"]) if "secretRef" in source else (
-            "configmap", source["configMapRef"]
+        kind, ref = (
+            ("secret", source["secretRef"])
+            if "secretRef" in source
+            else ("configmap", source["configMapRef"])
         )
         return self.data(kind, ref["name"], optional=bool(ref.get("optional"))) or {}
 

@@ -48,7 +48,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import urllib3
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from localcluster import podenv, podstatus, processes
 
@@ -182,9 +182,7 @@ class PodRunner:
         if self._run_init_containers():
             self._init_done = True
             sidecars = [slot for slot in self._init if slot.sidecar]
-            self._supervise(
-                [*sidecars, *self._main], until=lambda: all(s.done for s in self._main)
-            )
+            self._supervise([*sidecars, *self._main], until=lambda: all(s.done for s in self._main))
         self._finish()
 
     def _prepare(self) -> None:
@@ -213,10 +211,10 @@ class PodRunner:
         for slot in self._init:
             if slot.sidecar:
                 sidecars.append(slot)
-                if not self._supervise(sidecars, until=lambda s=slot: s.process is not None):
+                if not self._supervise(sidecars, until=_started(slot)):
                     return False
                 continue
-            if not self._supervise([*sidecars, slot], until=lambda s=slot: s.done):
+            if not self._supervise([*sidecars, slot], until=_done(slot)):
                 return False
             if slot.record.exit_code() != 0:
                 self._phase = "Failed"
@@ -251,7 +249,9 @@ class PodRunner:
 
     def _start(self, slot: _Slot) -> bool:
         try:
-            env = podenv.resolve(self._pod, slot.spec, base=self._base_env(), core=self._context.core)
+            env = podenv.resolve(
+                self._pod, slot.spec, base=self._base_env(), core=self._context.core
+            )
             argv = podenv.command_line(slot.spec, env)
         except podenv.ConfigError as error:
             slot.next_start = time.monotonic() + CONFIG_RETRY_SECONDS
@@ -390,13 +390,13 @@ class PodRunner:
                 self.pod_name, self.namespace, patch, _preload_content=False
             )
         except _API_ERRORS as error:
-            status = error.status if isinstance(error, ApiException) else None
-            if status in (404, 409):
+            code = error.status if isinstance(error, ApiException) else None
+            if code in (404, 409):
                 log.info("Pod %s: gone from the API; stopping its processes.", self.label)
                 self._abandoned = True
                 return True
             # Server trouble passes; a refused status (422) would be refused again.
-            retry = status is None or status == 429 or status >= 500
+            retry = code is None or code == 429 or code >= 500
             log.log(
                 logging.WARNING if retry else logging.ERROR,
                 "Pod %s: could not report status %s (%s)%s.", self.label, self._phase,
@@ -416,7 +416,9 @@ class PodRunner:
 
     def _delete(self) -> None:
         try:
-            delete_now(self._context.core, namespace=self.namespace, name=self.pod_name, uid=self.uid)
+            delete_now(
+                self._context.core, namespace=self.namespace, name=self.pod_name, uid=self.uid
+            )
         except _API_ERRORS as error:
             if not (isinstance(error, ApiException) and error.status in (404, 409)):
                 log.warning("Pod %s: could not delete it: %s.", self.label, _describe(error))
@@ -456,7 +458,9 @@ class PodRunner:
     def _write_token(self) -> None:
         account = self._pod["spec"].get("serviceAccountName") or "default"
         bound = {"apiVersion": "v1", "kind": "Pod", "name": self.pod_name, "uid": self.uid}
-        request = {"spec": {"audiences": [], "expirationSeconds": TOKEN_SECONDS, "boundObjectRef": bound}}
+        request = {
+            "spec": {"audiences": [], "expirationSeconds": TOKEN_SECONDS, "boundObjectRef": bound}
+        }
         try:
             answer = self._context.core.create_namespaced_service_account_token(
                 account, self.namespace, request, _preload_content=False
@@ -500,8 +504,8 @@ class PodRunner:
         for mount in container.get("volumeMounts") or []:
             mount_path = PurePosixPath(mount["mountPath"])
             if mount["name"] in empty_dirs and (path == mount_path or mount_path in path.parents):
-                volume = self.dir / "volumes" / mount["name"] / mount.get("subPath", "")
-                return volume / path.relative_to(mount_path)
+                folder = self.dir / "volumes" / str(mount["name"]) / str(mount.get("subPath", ""))
+                return folder / path.relative_to(mount_path)
         return None
 
     def _slot(self, container: dict[str, Any], *, init: bool) -> _Slot:
@@ -519,6 +523,14 @@ class PodRunner:
 
     def _slots(self) -> list[_Slot]:
         return [*self._init, *self._main]
+
+
+def _started(slot: _Slot) -> Callable[[], bool]:
+    return lambda: slot.process is not None
+
+
+def _done(slot: _Slot) -> Callable[[], bool]:
+    return lambda: slot.done
 
 
 def delete_now(core: Any, *, namespace: str, name: str, uid: str) -> None:

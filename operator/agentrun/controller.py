@@ -16,8 +16,10 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import datetime
+import json
 import logging
 import os
+import random
 import socket
 import threading
 from collections.abc import Iterator
@@ -82,7 +84,7 @@ def _login(**_: Any) -> kopf.ConnectionInfo:
     """Credentials from `kube.load_config`, which also knows the process-kubelet's token
     path; kopf's own login knows only the standard in-cluster paths."""
     config = kube.load_config()
-    token = (config.api_key or {}).get("authorization", "").removeprefix("Bearer ").strip()
+    token = kube.bearer_token(config) or ""
     return kopf.ConnectionInfo(
         server=config.host,
         ca_path=config.ssl_ca_cert,
@@ -418,6 +420,7 @@ def _defaults_from_env() -> jobs.RunnerDefaults:
         base_url=os.environ.get("AGENTRUN_DEFAULT_BASE_URL") or None,
         api_key_secret=secret_ref,
         log_level=os.environ.get("AGENTRUN_RUNNER_LOG_LEVEL", "INFO"),
+        resources=json.loads(os.environ.get("AGENTRUN_RUNNER_RESOURCES") or "{}"),
     )
 
 
@@ -477,5 +480,8 @@ def main(argv: list[str] | None = None) -> None:
         namespaces=() if args.all_namespaces else namespaces,
         standalone=args.peering is None,
         peering_name=args.peering,
+        # kopf pauses every replica whose priority equals a peer's: each needs its own,
+        # so that exactly one works and the others stand by.
+        priority=random.randint(1, 1_000_000) if args.peering else 0,
         liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz",
     )

@@ -74,7 +74,7 @@ def test_a_job_whose_process_exits_3_fails_after_two_pods_reporting_code_3(
 def test_deleting_a_running_job_pod_sends_sigterm_and_the_job_replaces_it(
     kubectl: Kubectl, tmp_path: Path
 ) -> None:
-    env = [
+    env: list[dict[str, Any]] = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "MARKER_DIR", "value": str(tmp_path)},
     ]

@@ -38,8 +38,9 @@ def test_a_container_whose_command_does_not_exist_fails_its_pod_with_a_reason(
             "no-such-command-anywhere")  # fmt: skip
 
     status = wait_until(
-        lambda: (s := kubectl.json("get", "pod", "missing")["status"]).get("phase") == "Failed"
-        and s,
+        lambda: (
+            (s := kubectl.json("get", "pod", "missing")["status"]).get("phase") == "Failed" and s
+        ),
         what="the pod to fail",
     )
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import re
 import statistics
 import subprocess
@@ -26,9 +27,11 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from kubernetes import client, config
+from kubernetes import client
 
+from agentrun import kube
 from agentrun.modelserver import ScriptedModelServer
 from tests.runner.conftest import KUBECTL, ROOT, Runners
 
@@ -47,7 +50,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     with cluster(args.kubeconfig) as kubeconfig, ScriptedModelServer() as model:
         subprocess.run(
-            [str(KUBECTL), "--kubeconfig", str(kubeconfig), "apply", "--server-side", "-f", str(ROOT / "crds")],
+            [
+                str(KUBECTL),
+                "--kubeconfig",
+                str(kubeconfig),
+                "apply",
+                "--server-side",
+                "-f",
+                str(ROOT / "crds"),
+            ],
             check=True,
             capture_output=True,
         )
@@ -63,7 +74,7 @@ def cluster(kubeconfig: Path | None) -> Iterator[Path]:
         yield kubeconfig
         return
     sys.path.insert(0, str(ROOT / "hack"))
-    from localcluster import cluster as localcluster
+    from localcluster import cluster as localcluster  # type: ignore[import-not-found]
 
     with tempfile.TemporaryDirectory() as state:
         started = localcluster.start(Path(state))
@@ -74,11 +85,11 @@ def cluster(kubeconfig: Path | None) -> Iterator[Path]:
 
 
 def _runners(kubeconfig: Path, model: ScriptedModelServer, workspace: Path) -> Runners:
-    configuration = client.Configuration()
-    config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
-    api_client = client.ApiClient(configuration)
+    os.environ["KUBECONFIG"] = str(kubeconfig)
+    api_client = client.ApiClient(kube.load_config())
     namespace = f"bench-{uuid.uuid4().hex[:6]}"
-    client.CoreV1Api(api_client).create_namespace({"metadata": {"name": namespace}})
+    meta = client.V1ObjectMeta(name=namespace)
+    client.CoreV1Api(api_client).create_namespace(client.V1Namespace(metadata=meta))
     return Runners(
         api_client=api_client,
         kubeconfig=kubeconfig,
@@ -90,7 +101,7 @@ def _runners(kubeconfig: Path, model: ScriptedModelServer, workspace: Path) -> R
 
 def write_amplification(runners: Runners, *, steps: int) -> None:
     source = b"".join(path.read_bytes() for path in sorted((ROOT / "operator").rglob("*.py")))
-    turns = []
+    turns: list[dict[str, Any]] = []
     for number in range(steps // 2):
         start = (number * SLICE) % max(1, len(source) - SLICE)
         (runners.workspace / f"slice{number}.py").write_bytes(source[start : start + SLICE])
@@ -115,7 +126,8 @@ def write_amplification(runners: Runners, *, steps: int) -> None:
     print(f"  history chunks written / stored: {chunk_bytes / stored:.2f}")
     print(f"  segment request bytes (base64, JSON) / stored: {segment_bytes / stored:.2f}")
     print(f"  all checkpoint request bytes / stored: {request_bytes / stored:.2f}")
-    print(f"  per step: {request_bytes / record.step:.0f} request bytes, {stored / record.step:.0f} stored")
+    per_step = request_bytes / record.step
+    print(f"  per step: {per_step:.0f} request bytes, {stored / record.step:.0f} stored")
 
 
 def cold_start(runners: Runners, *, starts: int) -> None:
@@ -128,8 +140,9 @@ def cold_start(runners: Runners, *, starts: int) -> None:
             raise SystemExit(f"The run failed ({exited.code}):\n{exited.output[-3000:]}")
         first = datetime.fromisoformat(runners.requests(run)[0]["time"])
         seconds.append((first - began).total_seconds())
+    median = statistics.median(seconds)
     print(
-        f"Cold start, process start to first model request: median {statistics.median(seconds):.2f} s "
+        f"Cold start, process start to first model request: median {median:.2f} s "
         f"(min {min(seconds):.2f}, max {max(seconds):.2f}, {starts} starts)"
     )
 

@@ -69,7 +69,7 @@ class Cluster:
         settings = runner.Settings(name=RUN, namespace=NAMESPACE, uid=UID, attempt=number)
         attempt = runner._Attempt(settings, core=self.configmaps, custom=self.agentruns)
         try:
-            return asyncio.run(attempt.run(None))
+            return asyncio.run(attempt.run())
         except Crash:
             return 137
         except checkpoint.Fenced:
