@@ -109,6 +109,8 @@ class Index:
     record: api.CheckpointRecord
     text: str
     version: str
+    run_uid: str | None = None
+    """The uid of the AgentRun that owns the ConfigMap."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,7 +172,17 @@ def _index_of(body: dict[str, Any], *, name: str) -> Index:
         raise CheckpointCorrupt(
             f"ConfigMap {name} holds a record that does not validate: {error}", segment=name
         ) from error
-    return Index(record=record, text=text, version=body["metadata"]["resourceVersion"])
+    return Index(
+        record=record,
+        text=text,
+        version=body["metadata"]["resourceVersion"],
+        run_uid=_owner_uid(body),
+    )
+
+
+def _owner_uid(body: dict[str, Any]) -> str | None:
+    owners = body["metadata"].get("ownerReferences") or []
+    return next((o.get("uid") for o in owners if o.get("kind") == api.KIND), None)
 
 
 def load_history(api_: Any, namespace: str, record: api.CheckpointRecord) -> History:
@@ -271,17 +283,28 @@ def claim(
     outcome Running; pending calls, started calls and the last failure stay, since the
     new attempt acts on them (decisions, interrupted tools) and the failure names its
     own attempt.
+
+    An index left by a deleted run of the same name (owned by another uid, not yet
+    collected) is taken over and starts afresh.
     """
     configmaps = _ConfigMaps(api_, namespace)
     name = names.checkpoint_index(run_name)
+    meta = _metadata(name, run_name=run_name, run_uid=run_uid)
 
     def attempt_claim() -> api.CheckpointRecord | None:
         body = configmaps.get(name)
+        fresh = api.CheckpointRecord(attempt=attempt, updated_at=_now())
         if body is None:
-            record = api.CheckpointRecord(attempt=attempt, updated_at=_now())
-            meta = _metadata(name, run_name=run_name, run_uid=run_uid)
-            configmaps.create({"metadata": meta, "data": {RECORD_KEY: _record_text(record)}})
-            return record
+            configmaps.create({"metadata": meta, "data": {RECORD_KEY: _record_text(fresh)}})
+            return fresh
+        if _owner_uid(body) != run_uid:
+            configmaps.patch(
+                name,
+                version=body["metadata"]["resourceVersion"],
+                metadata=_owned(meta),
+                data={RECORD_KEY: _record_text(fresh)},
+            )
+            return fresh
         index = _index_of(body, name=name)
         if index.record.attempt == attempt:
             return index.record
@@ -437,16 +460,19 @@ class Writer:
         """
         encoded = base64.b64encode(chunk.data).decode("ascii")
         self.stats.chunk_bytes += len(chunk.data)
+        owned: dict[str, Any] | None = None  # set when taking over what someone else wrote
         for attempt_number in range(_TRIES):
             stale = dict.fromkeys(sorted(present - committed - {chunk.key}))
             try:
                 if version is None:
-                    meta = _metadata(name, run_name=self._run_name, run_uid=self._run_uid)
                     return self._configmaps.create(
-                        {"metadata": meta, "binaryData": {chunk.key: encoded}}
+                        {"metadata": self._meta(name), "binaryData": {chunk.key: encoded}}
                     )
                 return self._configmaps.patch(
-                    name, version=version, binary_data={chunk.key: encoded, **stale}
+                    name,
+                    version=version,
+                    metadata=owned,
+                    binary_data={chunk.key: encoded, **stale},
                 )
             except kube.Conflict:
                 log.debug("Segment %s changed since it was read; checking ownership.", name)
@@ -454,9 +480,13 @@ class Writer:
                 current = self._configmaps.get(name)
                 version = None if current is None else current["metadata"]["resourceVersion"]
                 present = frozenset(((current or {}).get("binaryData") or {}).keys())
+                owned = _owned(self._meta(name))
             except kube.Unavailable as error:
                 _pause(attempt_number, error)
         raise kube.Unavailable(f"Segment {name} could not be written after {_TRIES} tries.")
+
+    def _meta(self, name: str) -> dict[str, Any]:
+        return _metadata(name, run_name=self._run_name, run_uid=self._run_uid)
 
     def _write_record(self, record: api.CheckpointRecord) -> None:
         text = _record_text(record)
@@ -535,11 +565,12 @@ class _ConfigMaps:
         name: str,
         *,
         version: str,
+        metadata: dict[str, Any] | None = None,
         data: dict[str, str | None] | None = None,
         binary_data: dict[str, str | None] | None = None,
     ) -> str:
         """A JSON merge patch carrying `version` as precondition (409 when it moved)."""
-        body: dict[str, Any] = {"metadata": {"resourceVersion": version}}
+        body: dict[str, Any] = {"metadata": {**(metadata or {}), "resourceVersion": version}}
         if data is not None:
             body["data"] = data
         if binary_data is not None:
@@ -589,6 +620,11 @@ def _metadata(name: str, *, run_name: str, run_uid: str) -> dict[str, Any]:
             }
         ],
     }
+
+
+def _owned(meta: dict[str, Any]) -> dict[str, Any]:
+    """The parts of `meta` that make a ConfigMap left by another run this run's own."""
+    return {"labels": meta["labels"], "ownerReferences": meta["ownerReferences"]}
 
 
 def _record_text(record: api.CheckpointRecord) -> str:

@@ -228,9 +228,6 @@ def main(argv: list[str] | None = None) -> None:
             Path(path).write_text(text)
 
 
-if __name__ == "__main__":
-    main()
-
 
 def reference() -> str:
     """The AgentRun reference as a Markdown table, for the README, from the same schema."""
@@ -261,3 +258,7 @@ def _rows(path: str, node: dict[str, Any]) -> list[str]:
         child = sub.get("items", sub) if kind.startswith("[]") else sub
         out.extend(_rows(here + ("[]" if kind.startswith("[]") else ""), child))
     return out
+
+
+if __name__ == "__main__":
+    main()
