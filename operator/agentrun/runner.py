@@ -169,6 +169,14 @@ class _Attempt:
                 "Run %s has no checkpoint: nothing was claimed for it. Exiting.", settings.run
             )
             return EXIT_FENCED
+        if index.run_uid != settings.uid:
+            log.warning(
+                "Run %s: the checkpoint belongs to uid %s, not this run's %s. Exiting.",
+                settings.run,
+                index.run_uid,
+                settings.uid,
+            )
+            return EXIT_FENCED
         if index.record.attempt != settings.attempt:
             log.warning(
                 "Run %s: attempt %d owns the checkpoint, not attempt %d. Exiting without writing.",

@@ -198,15 +198,18 @@ async def shell(ctx: RunContext[ToolDeps], command: str) -> str:
         key: value for key, value in os.environ.items() if not key.startswith(_SECRET_PREFIXES)
     }
     environment["AGENTRUN_IDEMPOTENCY_KEY"] = ctx.deps.idempotency_key(ctx.tool_call_id)
-    process = await asyncio.create_subprocess_shell(
-        command,
-        cwd=ctx.deps.workspace,
-        env=environment,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,  # its own process group, so a timeout kills all of it
-    )
+    try:
+        process = await asyncio.create_subprocess_shell(
+            command,
+            cwd=ctx.deps.workspace,
+            env=environment,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so a timeout kills all of it
+        )
+    except OSError as error:
+        return f"Failed to start the command: {error}"
     output = _BoundedOutput(OUTPUT_LIMIT)
     assert process.stdout is not None
     try:

@@ -104,14 +104,17 @@ class Runners:
             api.GROUP, api.VERSION, self.namespace, api.PLURAL, run.name, {"spec": spec}
         )
 
-    def start(self, run: Run, attempt: int) -> subprocess.Popen[str]:
+    def start(
+        self, run: Run, attempt: int, *, credentials: dict[str, str] | None = None
+    ) -> subprocess.Popen[str]:
+        """The runner of `attempt`, as the admin unless `credentials` (environment) say else."""
         environment = {
             key: value
             for key, value in os.environ.items()
-            if not key.startswith(("AGENTRUN_", "KUBERNETES_"))
+            if not key.startswith(("AGENTRUN_", "KUBERNETES_", "KUBECONFIG"))
         }
+        environment.update(credentials or {"KUBECONFIG": str(self.kubeconfig)})
         environment.update(
-            KUBECONFIG=str(self.kubeconfig),
             AGENTRUN_NAME=run.name,
             AGENTRUN_NAMESPACE=self.namespace,
             AGENTRUN_UID=run.uid,
@@ -160,9 +163,10 @@ class Runners:
     def requests(self, run: Run) -> list[dict[str, Any]]:
         return self.model.requests(run.key)
 
-    def kubectl(self, *args: str) -> str:
+    def kubectl(self, *args: str, stdin: str | None = None) -> str:
         result = subprocess.run(
             [str(KUBECTL), "--kubeconfig", str(self.kubeconfig), "-n", self.namespace, *args],
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=60,

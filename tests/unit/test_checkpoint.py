@@ -271,6 +271,18 @@ def test_a_claim_never_lowers_the_attempt(fake: FakeConfigMaps) -> None:
     assert checkpoint.read_record(fake, NAMESPACE, RUN) == claim(fake, 3)
 
 
+def test_a_claim_takes_over_an_index_left_by_a_deleted_run_of_the_same_name(
+    fake: FakeConfigMaps,
+) -> None:
+    checkpoint.claim(fake, namespace=NAMESPACE, run_name=RUN, run_uid="old-uid", attempt=4)
+
+    record = claim(fake, 1)
+
+    index = checkpoint.read_index(fake, NAMESPACE, RUN)
+    assert index is not None
+    assert (record.attempt, index.record.attempt, index.run_uid) == (1, 1, UID)
+
+
 def test_a_run_without_a_claim_has_no_record(fake: FakeConfigMaps) -> None:
     assert checkpoint.read_record(fake, NAMESPACE, RUN) is None
 
@@ -416,7 +428,7 @@ def test_an_uncommitted_chunk_of_a_crashed_writer_is_ignored(fake: FakeConfigMap
 
 def test_a_segment_left_by_a_fenced_writer_is_taken_over(fake: FakeConfigMaps) -> None:
     claim(fake, 1)
-    junk = checkpoint._metadata(names.checkpoint_segment(RUN, 0), run_name=RUN, run_uid=UID)
+    junk = checkpoint._metadata(names.checkpoint_segment(RUN, 0), run_name=RUN, run_uid="old")
     fake.create_namespaced_config_map(
         NAMESPACE, {"metadata": junk, "binaryData": {"c00000": "anVuaw==", "c00007": "anVuaw=="}}
     )
@@ -425,7 +437,9 @@ def test_a_segment_left_by_a_fenced_writer_is_taken_over(fake: FakeConfigMaps) -
     save(open_writer(fake, 1), messages)
 
     assert stored_json(fake) == ModelMessagesTypeAdapter.dump_json(messages)
-    assert "c00007" not in fake.objects[names.checkpoint_segment(RUN, 0)]["binaryData"]
+    segment = fake.objects[names.checkpoint_segment(RUN, 0)]
+    assert "c00007" not in segment["binaryData"]
+    assert segment["metadata"]["ownerReferences"][0]["uid"] == UID
 
 
 def test_a_record_changed_by_another_runner_of_the_attempt_fences(fake: FakeConfigMaps) -> None:
