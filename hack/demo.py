@@ -10,6 +10,7 @@ everything running for exploring until `make demo-down`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -48,11 +49,13 @@ def say(text: str) -> None:
     print(f"==> {text}", flush=True)
 
 
-def run(*argv: str, env: dict[str, str] | None = None, check: bool = True) -> str:
+def run(
+    *argv: str, env: dict[str, str] | None = None, check: bool = True, stdin: str | None = None
+) -> str:
     """Run a command, echoing it as a user would type it."""
     shown = " ".join(a if " " not in a else repr(a) for a in argv)
     print(f"    $ {shown.replace(str(ROOT) + '/', '')}", flush=True)
-    result = subprocess.run(argv, env=env, capture_output=True, text=True)
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, input=stdin)
     if check and result.returncode != 0:
         sys.exit(f"demo: {argv[0]} failed:\n{result.stderr or result.stdout}")
     return result.stdout
@@ -60,11 +63,12 @@ def run(*argv: str, env: dict[str, str] | None = None, check: bool = True) -> st
 
 def up(state: Path) -> None:
     began = time.monotonic()
-    say("Starting the local control plane (etcd, kube-apiserver, kube-controller-manager, process-kubelet)")
+    say("Starting the local control plane: etcd, kube-apiserver, controller-manager, kubelet")
     _stop_model(state)
     started = cluster.start(state)
     kubeconfig = str(started.kubeconfig)
-    env = {**os.environ, "KUBECONFIG": kubeconfig, "PATH": f"{VENV_BIN}:{BIN}:{os.environ['PATH']}"}
+    path = f"{VENV_BIN}:{BIN}:{os.environ['PATH']}"
+    env = {**os.environ, "KUBECONFIG": kubeconfig, "PATH": path}
     kubectl = [str(BIN / "kubectl")]
 
     say("Starting the model")
@@ -72,8 +76,9 @@ def up(state: Path) -> None:
 
     say("Installing the operator with Helm; its pod runs as a local process")
     sets = [f"--set={k}={v}" for k, v in values.items()]
-    run(str(BIN / "helm"), "upgrade", "--install", RELEASE, str(ROOT / "charts" / "agentrun-operator"),
-        "--namespace", OPERATOR_NS, "--create-namespace", "--wait", "--timeout=180s", *sets, env=env)  # fmt: skip
+    chart = str(ROOT / "charts" / "agentrun-operator")
+    run(str(BIN / "helm"), "upgrade", "--install", RELEASE, chart, "--namespace", OPERATOR_NS,
+        "--create-namespace", "--wait", "--timeout=180s", *sets, env=env)  # fmt: skip
     run(*kubectl, "-n", OPERATOR_NS, "get", "pods", env=env)
 
     say("Applying examples/02-approval.yaml: an agent that may use the shell, with approval")
@@ -100,7 +105,8 @@ def up(state: Path) -> None:
     kubectl describe agentrun {RUN}
     kubectl agentrun history {RUN}
     kubectl agentrun logs {RUN}
-    kubectl apply -f examples/01-minimal.yaml && kubectl wait --for=condition=Succeeded agentrun/minimal
+    kubectl apply -f examples/01-minimal.yaml
+    kubectl wait --for=condition=Succeeded agentrun/minimal
 
   Stop everything with: make demo-down
 """,
@@ -111,8 +117,10 @@ def up(state: Path) -> None:
 def _start_model(state: Path, env: dict[str, str]) -> dict[str, str]:
     """The chart values that point runners at the model."""
     if os.environ.get("OPENAI_API_KEY"):
+        # The key goes through stdin, so that it shows in no command line or echo.
         run(str(BIN / "kubectl"), "create", "secret", "generic", "openai-api-key",
-            f"--from-literal=api-key={os.environ['OPENAI_API_KEY']}", check=False, env=env)  # fmt: skip
+            "--from-file=api-key=/dev/stdin", stdin=os.environ["OPENAI_API_KEY"], check=False,
+            env=env)  # fmt: skip
         print("    using the real OpenAI API (OPENAI_API_KEY is set)", flush=True)
         return {
             "runner.defaultBaseURL": "https://api.openai.com/v1",
@@ -147,7 +155,9 @@ def _follow(kubectl: list[str], env: dict[str, str], *, until: set[str]) -> str:
     while time.monotonic() < deadline:
         out = subprocess.run([*kubectl, "get", "agentrun", RUN, "-o", "json"],
                              env=env, capture_output=True, text=True)  # fmt: skip
-        status: dict[str, Any] = json.loads(out.stdout).get("status", {}) if out.returncode == 0 else {}
+        status: dict[str, Any] = (
+            json.loads(out.stdout).get("status", {}) if out.returncode == 0 else {}
+        )
         phase = status.get("phase", "")
         if phase and phase != seen:
             print(f"    phase: {phase:<17} {status.get('message', '')}", flush=True)
@@ -161,10 +171,8 @@ def _follow(kubectl: list[str], env: dict[str, str], *, until: set[str]) -> str:
 def _stop_model(state: Path) -> None:
     pid_file = state / "model-server.pid"
     if pid_file.exists():
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(int(pid_file.read_text()), signal.SIGTERM)
-        except ProcessLookupError:
-            pass
         pid_file.unlink()
 
 

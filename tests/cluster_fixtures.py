@@ -78,7 +78,7 @@ class Kubectl:
     namespace: str | None = None
 
     def __call__(
-        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 300
     ) -> subprocess.CompletedProcess[str]:
         """Run kubectl with args; KubectlError on a non-zero exit when check is set."""
         argv = [str(KUBECTL), f"--kubeconfig={self.kubeconfig}"]
@@ -92,7 +92,7 @@ class Kubectl:
             raise KubectlError(argv, result)
         return result
 
-    def json(self, *args: str, timeout: float = 120) -> Any:
+    def json(self, *args: str, timeout: float = 300) -> Any:
         """The parsed output of `kubectl ARGS -o json`."""
         return json.loads(self(*args, "--output=json", timeout=timeout).stdout)
 
@@ -125,7 +125,8 @@ def wait_until(
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[localcluster.Cluster]:
     _ensure_binaries()
     state = tmp_path_factory.mktemp("localcluster")
-    started = localcluster.start(state)
+    # Tied to this process: a session killed without teardown leaves no cluster behind.
+    started = localcluster.start(state, exit_with_caller=True)
     try:
         yield started
     finally:

@@ -18,6 +18,7 @@ A state directory holds:
 from __future__ import annotations
 
 import base64
+import hashlib
 import http.client
 import json
 import shutil
@@ -26,7 +27,6 @@ import ssl
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -122,13 +122,16 @@ def start(
     node_name: str = NODE_NAME,
     python: str = sys.executable,
     timeout: float = 120.0,
+    exit_with_caller: bool = False,
 ) -> Cluster:
     """Start a cluster in state_dir and return once pods can run on its node.
 
     Ready means: the apiserver's /readyz passes, the `default` ServiceAccount exists in
     namespace `default` (the controller-manager works) and the Node is Ready. Whatever
     ran in state_dir before is stopped first. python runs the kubelet and, through the
-    PATH it gives pods, their commands: it needs the kubernetes package.
+    PATH it gives pods, their commands: it needs the kubernetes package. With
+    exit_with_caller the processes stop when the calling process dies (test sessions);
+    without it they outlive it (`up`).
     """
     state_dir = state_dir.resolve()
     stop(state_dir)
@@ -138,7 +141,7 @@ def start(
         try:
             return _start_once(
                 state_dir, pki=pki, bin_dir=bin_dir, node_name=node_name, python=python,
-                deadline=time.monotonic() + timeout,
+                deadline=time.monotonic() + timeout, exit_with_caller=exit_with_caller,
             )  # fmt: skip
         except _PortTaken:
             stop(state_dir)
@@ -172,7 +175,8 @@ def status(state_dir: Path) -> dict[str, int | None]:
     for line in lines:
         name, _, pid_text = line.partition(" ")
         pid = int(pid_text)
-        ours = processes.alive(pid) and processes.belongs_to(pid, str(state_dir))
+        # Every component's arguments name a file in the state directory.
+        ours = processes.alive(pid) and processes.belongs_to(pid, f"{state_dir}/")
         found[name] = pid if ours else None
     return found
 
@@ -192,6 +196,7 @@ def _start_once(
     node_name: str,
     python: str,
     deadline: float,
+    exit_with_caller: bool,
 ) -> Cluster:
     etcd_port, peer_port, apiserver_port, kcm_port = _free_ports(4)
     cluster = Cluster(state_dir, server=f"https://127.0.0.1:{apiserver_port}", node_name=node_name)
@@ -199,11 +204,12 @@ def _start_once(
     (state_dir / "cluster.json").write_text(
         json.dumps({"server": cluster.server, "nodeName": node_name}) + "\n"
     )
-    launch = _Launcher(cluster, deadline=deadline)
-    etcd_url = f"http://127.0.0.1:{etcd_port}"
+    launch = _Launcher(cluster, deadline=deadline, exit_with_caller=exit_with_caller)
+    etcd_url, peer_url = f"http://127.0.0.1:{etcd_port}", f"http://127.0.0.1:{peer_port}"
 
-    launch.run("etcd", _etcd_args(bin_dir, state_dir, etcd_url, peer_port))
-    launch.wait_for("etcd to be ready", lambda: _get(f"{etcd_url}/readyz") is not None)
+    etcd_name = _etcd_name(state_dir)
+    launch.run("etcd", _etcd_args(bin_dir, state_dir, etcd_name, etcd_url, peer_url))
+    launch.wait_for("etcd to be ready", lambda: _etcd_answers_as(etcd_name, etcd_url))
 
     # The kubelet starts before the apiserver is ready: its Python start-up overlaps the
     # apiserver's, and it retries until the apiserver answers.
@@ -223,13 +229,19 @@ def _start_once(
 class _Launcher:
     """Starts components, records their pids and waits while watching them live."""
 
-    def __init__(self, cluster: Cluster, *, deadline: float) -> None:
+    def __init__(self, cluster: Cluster, *, deadline: float, exit_with_caller: bool) -> None:
         self._cluster = cluster
         self._deadline = deadline
+        self._exit_with_caller = exit_with_caller
         self._started: dict[str, subprocess.Popen[bytes]] = {}
 
     def run(self, name: str, argv: list[str]) -> None:
-        child = processes.spawn(argv, log=self._cluster.log(name), cwd=self._cluster.state_dir)
+        child = processes.spawn(
+            argv,
+            log=self._cluster.log(name),
+            cwd=self._cluster.state_dir,
+            exit_with_parent=self._exit_with_caller,
+        )
         self._started[name] = child
         _CHILDREN.setdefault(self._cluster.state_dir, []).append(child)
         with (self._cluster.state_dir / "pids").open("a") as pids:
@@ -271,17 +283,24 @@ def _free_ports(count: int) -> list[int]:
             sock.close()
 
 
-def _etcd_args(bin_dir: Path, state_dir: Path, client_url: str, peer_port: int) -> list[str]:
-    peer_url = f"http://127.0.0.1:{peer_port}"
+def _etcd_name(state_dir: Path) -> str:
+    # Unique to the state directory and stable across restarts with --keep-data, whose
+    # stored member keeps the name it was created with.
+    return f"localcluster-{hashlib.sha256(str(state_dir).encode()).hexdigest()[:12]}"
+
+
+def _etcd_args(
+    bin_dir: Path, state_dir: Path, name: str, client_url: str, peer_url: str
+) -> list[str]:
     return [
         str(bin_dir / "etcd"),
-        "--name=localcluster",
+        f"--name={name}",
         f"--data-dir={state_dir / 'etcd'}",
         f"--listen-client-urls={client_url}",
         f"--advertise-client-urls={client_url}",
         f"--listen-peer-urls={peer_url}",
         f"--initial-advertise-peer-urls={peer_url}",
-        f"--initial-cluster=localcluster={peer_url}",
+        f"--initial-cluster={name}={peer_url}",
         # A throwaway test store: losing it on a power cut costs nothing, and fsync
         # dominates the apiserver's write latency on small disks.
         "--unsafe-no-fsync",
@@ -394,17 +413,33 @@ def _admin_context(pki: certs.Pki) -> ssl.SSLContext:
     return context
 
 
-def _get(url: str, context: ssl.SSLContext | None = None) -> bytes | None:
+def _get(url: str, context: ssl.SSLContext) -> bytes | None:
     """The body of a 200 answer; None for any other answer or no answer."""
     # Loopback only: an http_proxy in the environment must never see these requests.
-    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
-    if context is not None:
-        handlers.append(urllib.request.HTTPSHandler(context=context))
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+    )
     try:
-        with urllib.request.build_opener(*handlers).open(url, timeout=2) as answer:
+        with opener.open(url, timeout=2) as answer:
             return answer.read() if answer.status == 200 else None
     except (OSError, http.client.HTTPException):
         return None
+
+
+def _etcd_answers_as(name: str, client_url: str) -> bool:
+    """Whether the etcd answering on client_url is the member called name.
+
+    Should another cluster's etcd have taken the port first, it would answer too; its
+    name tells it apart, and ours then exits (see _PortTaken).
+    """
+    request = urllib.request.Request(f"{client_url}/v3/cluster/member/list", data=b"{}")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(request, timeout=2) as answer:
+            members = json.loads(answer.read()).get("members", [])
+    except (OSError, http.client.HTTPException, ValueError):
+        return False
+    return any(member.get("name") == name for member in members)
 
 
 def _ok(cluster: Cluster, path: str, context: ssl.SSLContext) -> bool:

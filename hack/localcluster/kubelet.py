@@ -28,6 +28,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -50,6 +51,7 @@ Pod = dict[str, Any]
 
 HEARTBEAT_SECONDS = 10
 WATCH_SECONDS = 300
+HANDLE_ATTEMPTS = 5
 _TERMINAL = ("Succeeded", "Failed")
 
 
@@ -109,8 +111,8 @@ class Kubelet:
             ]
         if runners:
             runner = max(runners, key=lambda r: r.is_alive())
-            return runner.log_path(container, previous=previous), lambda: runner.is_running(
-                container
+            return runner.log_path(container, previous=previous), partial(
+                runner.is_running, container
             )
         # A pod run by an earlier kubelet: its folder is still there.
         folders = sorted(
@@ -228,17 +230,27 @@ class Kubelet:
             answer.release_conn()
         return version
 
-    def _handle(self, pod: Pod, *, deleted: bool) -> None:
+    def _handle(self, pod: Pod, *, deleted: bool, attempt: int = 1) -> None:
         try:
             with self._lock:
                 if not self._stopping:
                     self._dispatch(pod, deleted=deleted)
         except Exception:
             metadata = pod.get("metadata", {})
+            retry = attempt < HANDLE_ATTEMPTS
             log.exception(
-                "Pod %s/%s: handling its change failed; the next change tries again.",
+                "Pod %s/%s: handling its change failed%s.",
                 metadata.get("namespace"), metadata.get("name"),
+                f"; will try again in {attempt} s" if retry else ", for the last time",
             )  # fmt: skip
+            # A change may be the last one for a while (a pod waiting for its binding):
+            # retry it rather than wait for the next.
+            if retry:
+                again = threading.Timer(
+                    attempt, self._handle, (pod,), {"deleted": deleted, "attempt": attempt + 1}
+                )
+                again.daemon = True
+                again.start()
 
     def _dispatch(self, pod: Pod, *, deleted: bool) -> None:
         metadata, spec = pod["metadata"], pod["spec"]
@@ -261,9 +273,7 @@ class Kubelet:
             runner.observe(pod)
         elif runner is not None or uid in self._finished:
             self._delete_if_requested(pod)
-        elif (pod.get("status") or {}).get("phase") in _TERMINAL or metadata.get(
-            "deletionTimestamp"
-        ):
+        elif _past_running(pod):
             self._finished.add(uid)
             self._delete_if_requested(pod)
         else:
@@ -285,7 +295,8 @@ class Kubelet:
                 metadata["name"], metadata["namespace"], binding, _preload_content=False
             )
         except ApiException as error:
-            if error.status == 409:  # bound already; the next event says where
+            # 409: bound already, the next event says where; 404: gone already.
+            if error.status in (404, 409):
                 return
             raise
         log.info(
@@ -320,6 +331,12 @@ class Kubelet:
             runner.join(timeout=podrunner.ABANDON_GRACE_SECONDS + 3)
         # A runner stuck in a long grace period leaves its processes: stop them here.
         processes.terminate_groups(processes.recorded_pids(self._pods_dir.glob("*/*.pid")), grace=0)
+
+
+def _past_running(pod: Pod) -> bool:
+    """Whether a pod this kubelet has no runner for should not start: over, or deleted."""
+    phase = (pod.get("status") or {}).get("phase")
+    return phase in _TERMINAL or bool(pod["metadata"].get("deletionTimestamp"))
 
 
 def _lines(answer: Any) -> Iterator[bytes]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -55,7 +56,9 @@ class _Server(ThreadingHTTPServer):
     locate: Locate
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        log.warning("The log server dropped a connection from %s.", client_address, exc_info=True)
+        # A client without a certificate of the cluster CA ends here, among others.
+        error = sys.exc_info()[1]
+        log.warning("The log server dropped a connection from %s: %s", client_address, error)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -87,12 +90,7 @@ class _Handler(BaseHTTPRequestHandler):
         with path.open("rb") as source:
             data = source.read()
             if "tailLines" in query:
-                lines = data.splitlines(keepends=True)
-                data = (
-                    b"".join(lines[-int(query["tailLines"]) :])
-                    if query["tailLines"] != "0"
-                    else b""
-                )
+                data = _last_lines(data, int(query["tailLines"]))
             budget = int(query["limitBytes"]) if "limitBytes" in query else None
             budget = self._write(data, budget)
             # Follow until the container's process ends, then drain what it wrote last.
@@ -123,3 +121,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("Log server: " + format, *args)
+
+
+def _last_lines(data: bytes, count: int) -> bytes:
+    return b"".join(data.splitlines(keepends=True)[-count:]) if count > 0 else b""

@@ -109,11 +109,10 @@ class _Sources:
         return found
 
     def env_from(self, source: dict[str, Any]) -> dict[str, str]:
-        kind, ref = (
-            ("secret", source["secretRef"])
-            if "secretRef" in source
-            else ("configmap", source["configMapRef"])
-        )
+        if "secretRef" in source:
+            kind, ref = "secret", source["secretRef"]
+        else:
+            kind, ref = "configmap", source["configMapRef"]
         return self.data(kind, ref["name"], optional=bool(ref.get("optional"))) or {}
 
     def _read(self, kind: str, name: str) -> dict[str, str] | None:
@@ -130,7 +129,10 @@ class _Sources:
             raise ConfigError(f"cannot read {kind} {name!r}: {error.reason}") from error
         data: dict[str, str] = json.loads(answer.data).get("data") or {}
         if kind == "secret":
-            return {key: base64.b64decode(value).decode() for key, value in data.items()}
+            # Environment values are text; a binary key is still passed, mangled visibly.
+            return {
+                key: base64.b64decode(value).decode(errors="replace") for key, value in data.items()
+            }
         return data
 
 

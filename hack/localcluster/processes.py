@@ -8,6 +8,7 @@ started it, and one signal to its process group reaches everything it forked.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -24,8 +25,14 @@ def spawn(
     log: Path,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    exit_with_parent: bool = False,
 ) -> subprocess.Popen[bytes]:
-    """Start argv detached, stdout and stderr appended to log, in a new session."""
+    """Start argv in a new session, stdout and stderr appended to log.
+
+    With exit_with_parent the process gets SIGTERM when its parent dies, so that a test
+    session killed without its teardown leaves no control plane behind. Only for a
+    single-threaded parent: the hook runs between fork and exec.
+    """
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
         return subprocess.Popen(
@@ -36,7 +43,17 @@ def spawn(
             env=dict(env) if env is not None else None,
             cwd=cwd,
             start_new_session=True,
+            preexec_fn=_term_when_parent_dies if exit_with_parent else None,
         )
+
+
+# Loaded before any fork: loading a library between fork and exec is not safe.
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_PR_SET_PDEATHSIG = 1
+
+
+def _term_when_parent_dies() -> None:
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def alive(pid: int) -> bool:

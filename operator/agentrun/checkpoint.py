@@ -132,7 +132,9 @@ class History:
     """The last segment's binaryData keys when it was read, uncommitted ones included."""
 
     def lines(self) -> list[bytes]:
-        return self.data.splitlines()
+        """One JSON message each (split on newlines only: JSON escapes every other break)."""
+        lines = self.data.split(b"\n")
+        return lines[:-1] if lines[-1:] == [b""] else lines
 
     def as_json(self) -> bytes:
         """The history as one JSON array: the messages, in order, exactly as written."""

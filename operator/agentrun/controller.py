@@ -22,13 +22,12 @@ import os
 import random
 import socket
 import threading
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, cast
 
 import kopf
 import kubernetes
 import pydantic
-from kubernetes.client.exceptions import ApiException
 
 from agentrun import api, checkpoint, decisions, jobs, kube, metrics, names, rbac
 
@@ -114,7 +113,7 @@ async def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     )
 
 
-def _unfinished(status: dict[str, Any], **_: Any) -> bool:
+def _unfinished(status: kopf.Status, **_: Any) -> bool:
     return status.get("phase") not in _FINAL
 
 
@@ -129,10 +128,11 @@ def _unfinished(status: dict[str, Any], **_: Any) -> bool:
     cancellation_timeout=10,
 )
 async def _supervise(
-    name: str, namespace: str, uid: str, stopped: kopf.DaemonStopped, **_: Any
+    name: str, namespace: str | None, uid: str, stopped: kopf.DaemonStopped, **_: Any
 ) -> None:
     """Reconcile a run until it is final, waking early on events about it."""
     state = _state()
+    assert namespace is not None, "AgentRuns are namespaced"
     wake = state.wakers.setdefault(uid, asyncio.Event())
     while not stopped:
         wake.clear()
@@ -162,7 +162,7 @@ async def _run_changed(uid: str, type: str | None, **_: Any) -> None:
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={jobs.RUN_UID_LABEL: kopf.PRESENT})
-async def _job_changed(labels: dict[str, str], **_: Any) -> None:
+async def _job_changed(labels: Mapping[str, str], **_: Any) -> None:
     _wake(labels[jobs.RUN_UID_LABEL])
 
 
@@ -180,22 +180,23 @@ def reconcile(namespace: str, name: str) -> float | None:
     or None when it needs no more looking after (final, or gone)."""
     state = _state()
     try:
-        run = state.clients.custom.get_namespaced_custom_object(
-            api.GROUP, api.VERSION, namespace, api.PLURAL, name
-        )
-    except ApiException as error:
-        if error.status == 404:
-            return None
+        with kube.translated():
+            run = cast(
+                dict[str, Any],
+                state.clients.custom.get_namespaced_custom_object(
+                    api.GROUP, api.VERSION, namespace, api.PLURAL, name
+                ),
+            )
+    except kube.NotFound:
+        return None
+    except kube.KubeError as error:
         metrics.reconcile_failed(error)
-        log.warning(
-            "Could not read AgentRun %s/%s (HTTP %s); will retry.", namespace, name, error.status
-        )
+        log.warning("Could not read AgentRun %s/%s: %s Will retry in 5s.", namespace, name, error)
         return 5.0
     if run["metadata"].get("deletionTimestamp"):
         return None
 
-    uid = run["metadata"]["uid"]
-    with state.exclusive(uid):
+    with state.exclusive(run["metadata"]["uid"]):
         try:
             return _reconcile(state, run)
         except Exception as error:  # the supervisor must outlive any one failure
@@ -212,7 +213,8 @@ def _reconcile(state: _Operator, run: dict[str, Any]) -> float | None:
     try:
         spec = api.AgentRunSpec.model_validate(run.get("spec") or {})
     except pydantic.ValidationError as error:
-        return _refuse_spec(state, run, before, error)
+        _refuse_spec(state, run, before, error)
+        return None
 
     seen = decisions.Observed(
         name=name,
@@ -274,30 +276,25 @@ def _refuse_spec(
     )
     _write_status(state, run, status)
     _post_events(state, run, (decisions.Event("Warning", "InvalidSpec", status.message),))
-    return None
 
 
 def _read_job(state: _Operator, namespace: str, job_name: str | None) -> decisions.JobView | None:
     if not job_name:
         return None
     try:
-        job = state.clients.batch.read_namespaced_job(job_name, namespace)
-    except ApiException as error:
-        if error.status == 404:
-            return None
-        raise
+        with kube.translated():
+            job = state.clients.batch.read_namespaced_job(job_name, namespace)
+    except kube.NotFound:
+        return None
     return jobs.view(state.clients.batch.api_client.sanitize_for_serialization(job))
 
 
 def _stop_job(state: _Operator, namespace: str, job_name: str) -> None:
     # Background propagation: the Job goes at once and the garbage collector removes
     # its pods, whose processes get SIGTERM and their grace period.
-    with contextlib.suppress(_NotFound):
-        _call(
-            state.clients.batch.delete_namespaced_job,
-            job_name,
-            namespace,
-            propagation_policy="Background",
+    with contextlib.suppress(kube.NotFound), kube.translated():
+        state.clients.batch.delete_namespaced_job(
+            job_name, namespace, propagation_policy="Background"
         )
 
 
@@ -323,14 +320,14 @@ def _start_attempt(
 
 def _create(state: _Operator, namespace: str, obj: dict[str, Any]) -> None:
     """Create an object; one that already exists was created by an earlier reconcile."""
-    creators = {
+    creators: dict[str, Any] = {
         "ServiceAccount": state.clients.core.create_namespaced_service_account,
         "Role": state.clients.rbac.create_namespaced_role,
         "RoleBinding": state.clients.rbac.create_namespaced_role_binding,
         "Job": state.clients.batch.create_namespaced_job,
     }
-    with contextlib.suppress(_Conflict):
-        _call(creators[obj["kind"]], namespace, obj)
+    with contextlib.suppress(kube.AlreadyExists), kube.translated():
+        creators[obj["kind"]](namespace, obj)
 
 
 def _write_status(state: _Operator, run: dict[str, Any], status: api.AgentRunStatus) -> None:
@@ -341,9 +338,10 @@ def _write_status(state: _Operator, run: dict[str, Any], status: api.AgentRunSta
     if not patch:
         return
     meta = run["metadata"]
-    state.clients.custom.patch_namespaced_custom_object_status(
-        api.GROUP, api.VERSION, meta["namespace"], api.PLURAL, meta["name"], {"status": patch}
-    )
+    with kube.translated():
+        state.clients.custom.patch_namespaced_custom_object_status(
+            api.GROUP, api.VERSION, meta["namespace"], api.PLURAL, meta["name"], {"status": patch}
+        )
 
 
 def _post_events(
@@ -375,32 +373,11 @@ def _post_events(
             "count": 1,
         }
         try:
-            state.clients.core.create_namespaced_event(meta["namespace"], body)
-        except ApiException as error:
+            with kube.translated():
+                state.clients.core.create_namespaced_event(meta["namespace"], cast(Any, body))
+        except kube.KubeError as error:
             # An Event is a courtesy: losing one must not stop the run.
-            log.warning(
-                "Could not post Event %s on %s: HTTP %s.", event.reason, meta["name"], error.status
-            )
-
-
-class _Conflict(Exception):
-    pass
-
-
-class _NotFound(Exception):
-    pass
-
-
-def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call the kubernetes client, turning 409 and 404 into exceptions callers expect."""
-    try:
-        return fn(*args, **kwargs)
-    except ApiException as error:
-        if error.status == 409:
-            raise _Conflict(str(error.reason)) from error
-        if error.status == 404:
-            raise _NotFound(str(error.reason)) from error
-        raise
+            log.warning("Could not post Event %s on %s: %s", event.reason, meta["name"], error)
 
 
 # --- the program ----------------------------------------------------------------------

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import yaml
 
 from agentrun import api
@@ -100,7 +101,7 @@ def _inline(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _object_schema(model: type[api.BaseModel]) -> dict[str, Any]:
+def _object_schema(model: type[pydantic.BaseModel]) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True, mode="validation")
     return _inline(raw, raw.get("$defs", {}))
 
@@ -210,7 +211,9 @@ def with_reference(document: str) -> str:
     head, found, rest = document.partition(REFERENCE_START)
     _, found_end, tail = rest.partition(REFERENCE_END)
     if not (found and found_end):
-        raise ValueError(f"the document lacks the markers {REFERENCE_START!r} ... {REFERENCE_END!r}")
+        raise ValueError(
+            f"the document lacks the markers {REFERENCE_START!r} ... {REFERENCE_END!r}"
+        )
     return f"{head}{REFERENCE_START}\n{reference()}{REFERENCE_END}{tail}"
 
 
@@ -226,7 +229,6 @@ def main(argv: list[str] | None = None) -> None:
         else:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             Path(path).write_text(text)
-
 
 
 def reference() -> str:

@@ -140,11 +140,11 @@ def _copy_progress(status: api.AgentRunStatus, record: api.CheckpointRecord | No
     status.requests = record.requests
     status.usage = record.usage.model_copy()
     status.checkpoint = api.CheckpointStatus(
-        configMap=status.checkpoint.config_map if status.checkpoint else "",
+        config_map=status.checkpoint.config_map if status.checkpoint else "",
         segments=len(record.segments),
         messages=record.messages,
         bytes=record.bytes,
-        lastWriteTime=record.updated_at,
+        last_write_time=record.updated_at,
     )
 
 
@@ -253,10 +253,10 @@ def _pending_for_status(call: api.PendingCall) -> api.PendingApproval:
     if len(arguments) > api.MAX_PENDING_ARGUMENT_CHARS:
         arguments = arguments[: api.MAX_PENDING_ARGUMENT_CHARS - 1] + "…"
     return api.PendingApproval(
-        toolCallId=call.tool_call_id,
-        toolName=call.tool_name,
+        tool_call_id=call.tool_call_id,
+        tool_name=call.tool_name,
         arguments=arguments,
-        requestedAt=call.requested_at,
+        requested_at=call.requested_at,
     )
 
 
@@ -341,10 +341,10 @@ def set_phase_condition(
                 status=truth,
                 reason=reason if truth == "True" else (old.reason if old else reason),
                 message=message if truth == "True" else (old.message if old else ""),
-                lastTransitionTime=_stamp(now)
+                last_transition_time=_stamp(now)
                 if moved or old is None
                 else old.last_transition_time,
-                observedGeneration=generation,
+                observed_generation=generation,
             )
         )
     return out

@@ -83,7 +83,9 @@ def _strings(value: Any) -> Iterator[str]:
 
 def decode(data: bytes) -> list[ModelMessage]:
     """The messages of a stream; raises HistoryInvalid naming the first bad line."""
-    lines = data.splitlines()
+    lines = data.split(b"\n")
+    if lines[-1:] == [b""]:
+        lines.pop()
     try:
         return ModelMessagesTypeAdapter.validate_json(b"[" + b",".join(lines) + b"]")
     except pydantic.ValidationError:

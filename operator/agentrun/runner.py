@@ -43,9 +43,10 @@ import pydantic
 from agentrun import api, checkpoint, kube
 
 if TYPE_CHECKING:
-    from pydantic_ai import ModelMessage
+    from pydantic_ai import Agent, DeferredToolResults, ModelMessage
 
     from agentrun.journal import Journal
+    from agentrun.tools import ToolDeps
 
 __all__ = ["EXIT_FAILED", "EXIT_FENCED", "EXIT_OK", "Settings", "main", "run_attempt"]
 
@@ -107,6 +108,7 @@ def _configure_logging(level: str) -> None:
 
     # One JSON object a line, nothing around it.
     steps = logging.getLogger("agentrun.steps")
+    steps.setLevel(logging.INFO)  # whatever AGENTRUN_LOG_LEVEL says
     steps.propagate = False
     plain = logging.StreamHandler(sys.stdout)
     plain.setFormatter(logging.Formatter("%(message)s"))
@@ -157,6 +159,7 @@ class _Attempt:
         self.custom = custom
         self.messages: list[ModelMessage] = []
         """The history as far as the checkpoint holds it."""
+        self.journal: Journal | None = None
 
     async def run(self) -> int:
         settings = self.settings
@@ -250,7 +253,7 @@ class _Attempt:
             index=index,
             history=loaded,
         )
-        steps = journal.Journal(
+        steps = self.journal = journal.Journal(
             writer, run=settings.run, attempt=settings.attempt, messages=len(self.messages)
         )
 
@@ -324,7 +327,13 @@ class _Attempt:
             )
 
     async def _iterate(
-        self, runnable: Any, *, spec: api.AgentRunSpec, steps: Journal, deferred: Any, deps: Any
+        self,
+        runnable: Agent[ToolDeps, Any],
+        *,
+        spec: api.AgentRunSpec,
+        steps: Journal,
+        deferred: DeferredToolResults | None,
+        deps: ToolDeps,
     ) -> int:
         from pydantic_ai import CallToolsNode, DeferredToolRequests, ModelRequestNode
         from pydantic_graph import End
@@ -370,9 +379,10 @@ class _Attempt:
                         stored += len(fresh)
                         self.messages = [*self.messages, *fresh]
                     node = following
+                assert run.result is not None  # the graph reached End
                 output, usage = run.result.output, run.usage
         except Exception as error:
-            failure = self._failure_of(error)
+            failure = self._failure_of(_leaf(error))
             if failure is error:
                 raise
             raise failure from error
@@ -450,6 +460,8 @@ class _Attempt:
                 final=failure.final,
             ),
         }
+        if self.journal is not None:
+            changes["elapsed_seconds"] = round(self.journal.elapsed(), 3)
         partial = journal.last_text(self.messages)
         if failure.final and partial:
             changes["output"] = journal.cut(partial, journal.MAX_RECORD_OUTPUT)
@@ -463,6 +475,16 @@ class _Attempt:
             failure,
         )
         return EXIT_FAILED
+
+
+def _leaf(error: Exception) -> Exception:
+    """The error inside a group raised by concurrent tools, when it holds one that matters:
+    fencing first, then any other."""
+    if not isinstance(error, ExceptionGroup):
+        return error
+    fenced = error.subgroup(checkpoint.Fenced)
+    leaves = (fenced or error).exceptions
+    return _leaf(leaves[0]) if leaves else error
 
 
 def _spec_of(body: dict[str, Any]) -> api.AgentRunSpec:

@@ -46,7 +46,7 @@ def test_a_job_reading_a_secret_through_env_completes_and_logs_the_value(kubectl
     script = "import os; print('greeting:', os.environ['GREETING'])"
 
     kubectl.apply(manifests.job("greeter", script, env=env))
-    kubectl("wait", "--for=condition=Complete", "job/greeter", "--timeout=120s", timeout=150)
+    kubectl("wait", "--for=condition=Complete", "job/greeter", "--timeout=120s")
     logs = kubectl("logs", "job/greeter")
 
     assert logs.stdout.strip() == "greeting: hello from a secret"
@@ -59,7 +59,7 @@ def test_a_job_whose_process_exits_3_fails_after_two_pods_reporting_code_3(
 
     kubectl.apply(job)
     # The Job controller waits about ten seconds before it replaces a failed pod.
-    kubectl("wait", "--for=condition=Failed", "job/quitter", "--timeout=180s", timeout=200)
+    kubectl("wait", "--for=condition=Failed", "job/quitter", "--timeout=180s")
     status = kubectl.json("get", "job", "quitter")["status"]
     pods = _pods(kubectl, "quitter")
 
@@ -85,7 +85,7 @@ def test_deleting_a_running_job_pod_sends_sigterm_and_the_job_replaces_it(
         lambda: "waiting" in kubectl("logs", first).stdout, what="the handler to be installed"
     )
 
-    kubectl("delete", "pod", first, "--timeout=90s", timeout=120)
+    kubectl("delete", "pod", first, "--timeout=90s")
     # The Job controller backs off about ten seconds before it replaces a failed pod.
     replacement = wait_until(
         lambda: _running_pod(kubectl, "sleeper", besides=first), what="a replacement pod"

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.cluster import manifests
-from tests.cluster_fixtures import Kubectl, wait_until
+from tests.cluster_fixtures import Kubectl
 
 pytestmark = pytest.mark.e2e
 
@@ -53,10 +53,7 @@ def test_a_pod_may_do_what_its_role_allows_and_is_refused_the_rest(
     probe = manifests.pod_spec(_PROBE, serviceAccountName="reader")
 
     kubectl.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "probe"}, "spec": probe})
-    wait_until(
-        lambda: kubectl.json("get", "pod", "probe")["status"].get("phase") == "Succeeded",
-        what="the probe pod to finish",
-    )
+    kubectl("wait", "--for=jsonpath={.status.phase}=Succeeded", "pod/probe", "--timeout=120s")
     outcomes = json.loads(kubectl("logs", "probe").stdout)
     answers = {
         request: kubectl("auth", "can-i", *request.split(), f"--as={account}", check=False).stdout

@@ -54,8 +54,14 @@ class OperatorProcess:
         }
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                [str(BIN / "agentrun-operator"), "-A", "--metrics-port", str(self.metrics_port),
-                 "--health-port", str(health)],
+                [
+                    str(BIN / "agentrun-operator"),
+                    "-A",
+                    "--metrics-port",
+                    str(self.metrics_port),
+                    "--health-port",
+                    str(health),
+                ],
                 env=env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -109,7 +115,10 @@ def model_server() -> Iterator[ScriptedModelServer]:
 
 @pytest.fixture(scope="session")
 def operator(
-    control_plane: Any, crd: Path, model_server: ScriptedModelServer, tmp_path_factory: pytest.TempPathFactory
+    control_plane: Any,
+    crd: Path,
+    model_server: ScriptedModelServer,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
     log = tmp_path_factory.mktemp("operator") / "operator.log"
     process = OperatorProcess(control_plane.kubeconfig, model_server.base_url, log)

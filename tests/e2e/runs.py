@@ -76,7 +76,9 @@ def eventually(probe: Callable[[], T | None], *, timeout: float = 120, what: str
     raise AssertionError(f"timed out after {timeout}s waiting for {what or probe}; last: {last!r}")
 
 
-def wait_for_phase(kubectl: Kubectl, name: str, phase: str, *, timeout: float = 180) -> dict[str, Any]:
+def wait_for_phase(
+    kubectl: Kubectl, name: str, phase: str, *, timeout: float = 180
+) -> dict[str, Any]:
     def probe() -> dict[str, Any] | None:
         run = kubectl.run(name)
         return run if (run.get("status") or {}).get("phase") == phase else None

@@ -18,7 +18,10 @@ pytestmark = pytest.mark.e2e
         ({"model": "openai:m"}, "spec.prompt"),
         ({"prompt": "", "model": "openai:m"}, "spec.prompt"),
         ({"prompt": "hi", "model": ""}, "spec.model"),
-        ({"prompt": "hi", "model": "openai:m", "limits": {"maxRequests": 0}}, "spec.limits.maxRequests"),
+        (
+            {"prompt": "hi", "model": "openai:m", "limits": {"maxRequests": 0}},
+            "spec.limits.maxRequests",
+        ),
         (
             {"prompt": "hi", "model": "openai:m", "limits": {"maxTotalTokens": -5}},
             "spec.limits.maxTotalTokens",
@@ -33,7 +36,11 @@ pytestmark = pytest.mark.e2e
             "spec.approvals[0].decision",
         ),
         (
-            {"prompt": "hi", "model": "openai:m", "limits": {"timeoutSeconds": 5, "toolTimeoutSeconds": 9}},
+            {
+                "prompt": "hi",
+                "model": "openai:m",
+                "limits": {"timeoutSeconds": 5, "toolTimeoutSeconds": 9},
+            },
             "spec.limits.toolTimeoutSeconds",
         ),
     ],
@@ -81,19 +88,41 @@ def test_a_decided_approval_can_be_neither_changed_nor_removed(kubectl: Kubectl)
     kubectl.apply(manifest("decided", spec))
 
     changed = kubectl(
-        "patch", "agentrun", "decided", "--type", "merge", "-p",
+        "patch",
+        "agentrun",
+        "decided",
+        "--type",
+        "merge",
+        "-p",
         json.dumps({"spec": {"approvals": [{"toolCallId": "c1", "decision": "Deny"}]}}),
         check=False,
     )
     dropped = kubectl(
-        "patch", "agentrun", "decided", "--type", "merge", "-p",
+        "patch",
+        "agentrun",
+        "decided",
+        "--type",
+        "merge",
+        "-p",
         json.dumps({"spec": {"approvals": []}}),
         check=False,
     )
     appended = kubectl(
-        "patch", "agentrun", "decided", "--type", "json", "-p",
-        json.dumps([{"op": "add", "path": "/spec/approvals/-",
-                     "value": {"toolCallId": "c2", "decision": "Deny", "reason": "no"}}]),
+        "patch",
+        "agentrun",
+        "decided",
+        "--type",
+        "json",
+        "-p",
+        json.dumps(
+            [
+                {
+                    "op": "add",
+                    "path": "/spec/approvals/-",
+                    "value": {"toolCallId": "c2", "decision": "Deny", "reason": "no"},
+                }
+            ]
+        ),
         check=False,
     )
 

@@ -30,7 +30,10 @@ def _free_port() -> int:
 
 def helm(kubeconfig: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [str(HELM), "--kubeconfig", str(kubeconfig), *args], capture_output=True, text=True, timeout=300
+        [str(HELM), "--kubeconfig", str(kubeconfig), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if check and result.returncode != 0:
         raise AssertionError(f"helm {' '.join(args)} failed: {result.stderr}")
@@ -48,7 +51,10 @@ def host_operator_paused(operator: OperatorProcess) -> Iterator[None]:
 
 @pytest.fixture
 def release(
-    control_plane: Any, kubectl: Kubectl, model_server: ScriptedModelServer, request: pytest.FixtureRequest
+    control_plane: Any,
+    kubectl: Kubectl,
+    model_server: ScriptedModelServer,
+    request: pytest.FixtureRequest,
 ) -> Iterator[list[str]]:
     """Chart values of this test's release; uninstalled afterwards."""
     name = f"ar-{kubectl.namespace[-12:]}".strip("-")
@@ -59,7 +65,9 @@ def release(
         "--set=fullnameOverride=" + name,
     ]
     yield [name, *values]
-    helm(control_plane.kubeconfig, "uninstall", name, "-n", kubectl.namespace, "--wait", check=False)
+    helm(
+        control_plane.kubeconfig, "uninstall", name, "-n", kubectl.namespace, "--wait", check=False
+    )
 
 
 def operator_logs(kubectl: Kubectl, name: str) -> str:
@@ -93,14 +101,17 @@ def test_the_chart_operator_runs_as_a_pod_and_an_example_succeeds(
     assert run["status"]["output"] == "installed and working"
     assert "403" not in logs and "Forbidden" not in logs, logs
     eventually(
-        lambda: not kubectl.json("get", "deployments")["items"], what="the operator to be uninstalled"
+        lambda: not kubectl.json("get", "deployments")["items"],
+        what="the operator to be uninstalled",
     )
 
 
 def test_the_rendered_chart_is_accepted_by_the_api_server(
     control_plane: Any, kubectl: Kubectl
 ) -> None:
-    rendered = helm(control_plane.kubeconfig, "template", "agentrun", str(CHART), "-n", kubectl.namespace)
+    rendered = helm(
+        control_plane.kubeconfig, "template", "agentrun", str(CHART), "-n", kubectl.namespace
+    )
 
     applied = kubectl("apply", "--dry-run=server", "-f", "-", stdin=rendered.stdout, check=False)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -44,10 +45,22 @@ def test_the_minimal_example_succeeds_and_reports_its_progress(
     assert run["status"]["completionTime"]
     header, row = table.splitlines()[:2]
     assert header.split() == [
-        "NAME", "PHASE", "MODEL", "REQUESTS", "TOKENS", "AGE", "ATTEMPT", "JOB", "PENDING"
+        "NAME",
+        "PHASE",
+        "MODEL",
+        "REQUESTS",
+        "TOKENS",
+        "AGE",
+        "ATTEMPT",
+        "JOB",
+        "PENDING",
     ]
     assert row.split()[:5] == [
-        "minimal", "Succeeded", "openai:gpt-4o-mini", "1", str(run["status"]["usage"]["totalTokens"])
+        "minimal",
+        "Succeeded",
+        "openai:gpt-4o-mini",
+        "1",
+        str(run["status"]["usage"]["totalTokens"]),
     ]
     for reason in ("Started", "Succeeded"):
         assert reason in described
@@ -59,7 +72,11 @@ def test_a_run_using_two_tools_over_three_turns_sends_the_whole_history_each_tim
     model_server.set_script(
         model_key,
         [
-            {"tool_calls": [{"name": "write_file", "arguments": {"path": "a.txt", "content": "hi"}}]},
+            {
+                "tool_calls": [
+                    {"name": "write_file", "arguments": {"path": "a.txt", "content": "hi"}}
+                ]
+            },
             {"tool_calls": [{"name": "read_file", "arguments": {"path": "a.txt"}}]},
             {"text": "The file says hi."},
         ],
@@ -73,7 +90,7 @@ def test_a_run_using_two_tools_over_three_turns_sends_the_whole_history_each_tim
     assert run["status"]["output"] == "The file says hi."
     assert [len(m) for m in sent] == sorted({len(m) for m in sent})
     assert len(sent) == 3
-    for earlier, later in zip(sent, sent[1:], strict=False):
+    for earlier, later in itertools.pairwise(sent):
         assert later[: len(earlier)] == earlier
     tool_results = [m for m in sent[-1] if m["role"] == "tool"]
     assert len(tool_results) == 2
@@ -184,10 +201,20 @@ def test_a_queued_run_waits_for_kueue_to_admit_its_job(
 
     kubectl.apply(manifest("queued", spec_for(model_key, queueName="team-a")))
     pending = wait_for_phase(kubectl, "queued", "Pending")
-    job = eventually(lambda: kubectl.json("get", "jobs", "-l", "agentrun.dev/run=queued")["items"])[0]
+    job = eventually(lambda: kubectl.json("get", "jobs", "-l", "agentrun.dev/run=queued")["items"])[
+        0
+    ]
     eventually(lambda: kubectl.run("queued")["status"].get("reason") == "Queued", what="Queued")
     still = kubectl.run("queued")
-    kubectl("patch", "job", job["metadata"]["name"], "--type", "merge", "-p", '{"spec":{"suspend":false}}')
+    kubectl(
+        "patch",
+        "job",
+        job["metadata"]["name"],
+        "--type",
+        "merge",
+        "-p",
+        '{"spec":{"suspend":false}}',
+    )
     run = wait_for_phase(kubectl, "queued", "Succeeded")
 
     assert pending["status"]["phase"] == "Pending"
@@ -262,9 +289,16 @@ def test_the_api_key_appears_in_no_status_configmap_event_or_log(
         model_key,
         [{"tool_calls": [{"name": "list_files", "arguments": {}}]}, {"text": "kept secret"}],
     )
-    provider = {"baseURL": model_server.base_url, "apiKeySecretRef": {"name": "model-key", "key": "api-key"}}
+    provider = {
+        "baseURL": model_server.base_url,
+        "apiKeySecretRef": {"name": "model-key", "key": "api-key"},
+    }
 
-    kubectl.apply(manifest("secretive", spec_for(model_key, provider=provider, tools=[{"name": "list_files"}])))
+    kubectl.apply(
+        manifest(
+            "secretive", spec_for(model_key, provider=provider, tools=[{"name": "list_files"}])
+        )
+    )
     wait_for_phase(kubectl, "secretive", "Succeeded")
 
     seen = "\n".join(
@@ -302,7 +336,9 @@ def _probe_pod(kubectl: Kubectl, service_account: str, configmaps: list[str]) ->
         "spec": {
             "serviceAccountName": service_account,
             "restartPolicy": "Never",
-            "containers": [{"name": "probe", "image": "python", "command": ["python", "-c", script]}],
+            "containers": [
+                {"name": "probe", "image": "python", "command": ["python", "-c", script]}
+            ],
         },
     }
     kubectl.apply(pod)

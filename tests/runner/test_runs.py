@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
 
 import pytest
+from pydantic_ai import ToolReturnPart
 
 from agentrun import api, runner
 
@@ -176,3 +181,99 @@ def test_a_paused_run_is_not_resumed_without_every_decision(runners: Runners) ->
     assert failure is not None
     assert (failure.reason, failure.attempt) == ("DecisionMissing", 2)
     assert len(runners.requests(run)) == 1
+
+
+def test_empty_and_repeated_tool_call_ids_do_not_end_the_run(runners: Runners) -> None:
+    listing = {"name": "list_files", "arguments": {}}
+    run = runners.create(
+        "odd-ids",
+        turns=[
+            {
+                "tool_calls": [
+                    {"id": "", **listing},
+                    {"id": "same", **listing},
+                    {"id": "same", **listing},
+                ]
+            },
+            {"tool_calls": [{"id": "same", **listing}]},
+            {"text": "done"},
+        ],
+        tools=FILE_TOOLS,
+    )
+
+    exited = runners.run(run, 1)
+
+    assert exited.code == runner.EXIT_OK, exited.output
+    last = runners.requests(run)[-1]["body"]["messages"]
+    called = [c["id"] for m in last if m["role"] == "assistant" for c in m.get("tool_calls", [])]
+    answered = [m["tool_call_id"] for m in last if m["role"] == "tool"]
+    assert len(called) == len(set(called)) == 4
+    assert sorted(answered) == sorted(called)
+
+
+@pytest.fixture
+def mcp_server() -> Iterator[str]:
+    """A streamable-HTTP MCP server on loopback with two tools, `add` and `erase`."""
+    import uvicorn
+    from mcp.server.mcpserver import MCPServer
+
+    server = MCPServer("calc")
+
+    @server.tool()
+    def add(a: int, b: int) -> int:
+        """Add two numbers."""
+        return a + b
+
+    @server.tool()
+    def erase(path: str) -> str:
+        """Erase a file."""
+        return f"erased {path}"
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = uvicorn.Config(
+        server.streamable_http_app(), host="127.0.0.1", port=port, log_level="warning"
+    )
+    web = uvicorn.Server(config)
+    thread = threading.Thread(target=web.run, daemon=True)
+    thread.start()
+    while not web.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/mcp"
+    web.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_mcp_tools_are_called_by_prefixed_name_and_globbed_ones_wait(
+    runners: Runners, mcp_server: str
+) -> None:
+    run = runners.create(
+        "mcp",
+        turns=[
+            {
+                "tool_calls": [
+                    {"id": "sum", "name": "calc_add", "arguments": {"a": 2, "b": 3}},
+                    {"id": "rm", "name": "calc_erase", "arguments": {"path": "x"}},
+                ]
+            },
+            {"text": "done"},
+        ],
+        mcpServers=[{"name": "calc", "url": mcp_server, "requireApproval": ["era*"]}],
+    )
+
+    exited = runners.run(run, 1)
+
+    record = runners.record(run)
+    assert exited.code == runner.EXIT_OK, exited.output
+    assert record.outcome == api.Outcome.PAUSED
+    assert [(p.tool_call_id, p.tool_name) for p in record.pending] == [("rm", "calc_erase")]
+    offered = runners.requests(run)[0]["body"]["tools"]
+    assert sorted(tool["function"]["name"] for tool in offered) == ["calc_add", "calc_erase"]
+    results = {
+        part.tool_call_id: part.content
+        for message in runners.history(run)
+        for part in message.parts
+        if isinstance(part, ToolReturnPart)
+    }
+    assert results == {"sum": 5}

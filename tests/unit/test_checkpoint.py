@@ -311,6 +311,12 @@ def test_a_history_reads_back_as_the_same_json(fake: FakeConfigMaps, make: Any) 
     assert history.encode(again) == history.encode(messages)
 
 
+def test_a_fresh_checkpoint_holds_an_empty_history(fake: FakeConfigMaps) -> None:
+    claim(fake, 1)
+
+    assert stored_json(fake) == b"[]"
+
+
 def test_a_history_reads_back_as_pydantic_ais_own_json(fake: FakeConfigMaps) -> None:
     messages = run_agent_with_tools_and_a_denial()
     claim(fake, 1)

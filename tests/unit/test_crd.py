@@ -12,7 +12,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
-    "path", ["crds/agentrun.dev_agentruns.yaml", "charts/agentrun-operator/crds/agentrun.dev_agentruns.yaml"]
+    "path",
+    [
+        "crds/agentrun.dev_agentruns.yaml",
+        "charts/agentrun-operator/crds/agentrun.dev_agentruns.yaml",
+    ],
 )
 def test_the_committed_crd_is_what_the_models_generate(path: str) -> None:
     committed = (ROOT / path).read_text()

@@ -519,3 +519,114 @@ def test_an_invalid_spec_fails_for_good(cluster_of: Callable[..., Cluster]) -> N
     assert code == runner.EXIT_FAILED
     assert cluster.record.failure is not None
     assert (cluster.record.failure.reason, cluster.record.failure.final) == ("InvalidSpec", True)
+
+
+def test_an_older_attempt_fenced_as_its_tools_start_stops_with_exit_3(
+    cluster_of: Callable[..., Cluster], monkeypatch: pytest.MonkeyPatch, workspace: Path
+) -> None:
+    cluster = cluster_of(
+        turns(
+            [
+                call("write_file", "a", path="a", content="x"),
+                call("write_file", "b", path="b", content="y"),
+            ],
+            [TextPart("done")],
+        ),
+        tools=BUILTINS,
+    )
+    original = journal.Journal.started
+
+    async def claimed_first(self: journal.Journal, call: ToolCallPart) -> None:
+        checkpoint.claim(
+            cluster.configmaps, namespace=NAMESPACE, run_name=RUN, run_uid=UID, attempt=2
+        )
+        await original(self, call)
+
+    monkeypatch.setattr(journal.Journal, "started", claimed_first)
+
+    code = cluster.attempt(1)
+
+    assert code == runner.EXIT_FENCED
+    assert not (workspace / "a").exists() and not (workspace / "b").exists()
+
+
+# -- a crash at every point of a run ----------------------------------------------------------
+
+SIX_STEPS = turns(
+    [call("shell", "sh", command="echo ran >> counter")],
+    [call("write_file", "wr", path="note.txt", content="once")],
+    [call("list_files", "ls")],
+    [TextPart("done")],
+)
+CRASH_POINTS = [f"before step {n}" for n in range(1, 8)] + [
+    "after shell started",
+    "after write_file started",
+]
+
+
+def crash_at(monkeypatch: pytest.MonkeyPatch, point: str) -> None:
+    """Kill the first pod at `point`: before it stores step n, or once a tool is recorded as
+    started (before the tool runs)."""
+    if point.startswith("before step"):
+        number = int(point.split()[-1])
+        original_step = journal.Journal.step
+
+        async def step(self: journal.Journal, messages: list[ModelMessage], **kwargs: Any) -> None:
+            if self.record.step + 1 == number:
+                monkeypatch.setattr(journal.Journal, "step", original_step)
+                raise Crash
+            await original_step(self, messages, **kwargs)
+
+        monkeypatch.setattr(journal.Journal, "step", step)
+        return
+    tool = point.split()[1]
+    original_started = journal.Journal.started
+
+    async def started(self: journal.Journal, call: ToolCallPart) -> None:
+        await original_started(self, call)
+        if call.tool_name == tool:
+            monkeypatch.setattr(journal.Journal, "started", original_started)
+            raise Crash
+
+    monkeypatch.setattr(journal.Journal, "started", started)
+
+
+@pytest.mark.parametrize("point", CRASH_POINTS)
+def test_a_run_killed_at_any_point_succeeds_with_each_call_once(
+    cluster_of: Callable[..., Cluster],
+    monkeypatch: pytest.MonkeyPatch,
+    workspace: Path,
+    point: str,
+) -> None:
+    cluster = cluster_of(SIX_STEPS, tools=[*BUILTINS, *SHELL_UNGATED])
+    crash_at(monkeypatch, point)
+
+    first = cluster.attempt(1)
+    second = cluster.pod(1)
+
+    assert (first, second) == (137, runner.EXIT_OK)
+    assert cluster.record.outcome == api.Outcome.SUCCEEDED
+    calls = [
+        part.tool_call_id
+        for message in cluster.history
+        for part in message.parts
+        if isinstance(part, ToolCallPart)
+    ]
+    returns = [
+        part.tool_call_id
+        for message in cluster.history
+        for part in message.parts
+        if isinstance(part, ToolReturnPart)
+    ]
+    assert calls == returns == ["sh", "wr", "ls"]
+    ran = (
+        (workspace / "counter").read_text().count("ran") if (workspace / "counter").exists() else 0
+    )
+    shell_result = results_in(cluster.history)["sh"]
+    if point in ("before step 2", "after shell started"):
+        assert shell_result == journal.OUTCOME_UNKNOWN
+        assert ran <= 1
+    else:
+        assert shell_result == "exit code 0\n"
+        assert ran == 1
+    assert (workspace / "note.txt").read_text() == "once"

@@ -8,6 +8,7 @@ status still lists calls that are already decided.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -17,7 +18,7 @@ import pydantic
 from agentrun import api
 from agentrun.plugin._errors import PluginError
 
-__all__ = ["decided", "entries", "parse_arguments", "patch", "pending", "select"]
+__all__ = ["Verdict", "decided", "entries", "parse_arguments", "patch", "pending", "select"]
 
 
 def pending(run: Mapping[str, Any]) -> list[api.PendingApproval]:
@@ -95,20 +96,26 @@ def parse_arguments(text: str) -> dict[str, Any]:
     return value
 
 
-def entries(
-    calls: Sequence[api.PendingApproval],
-    *,
-    decision: api.Decision,
-    reason: str | None = None,
-    arguments: dict[str, Any] | None = None,
-    approver: str | None = None,
-) -> list[dict[str, Any]]:
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """What a reviewer decided, the same for every call they selected."""
+
+    decision: api.Decision
+    reason: str | None = None
+    """Why; on Deny the model receives it as the call's result."""
+    arguments: dict[str, Any] | None = None
+    """On Approve, the new arguments of the one call selected."""
+    approver: str | None = None
+    """Who decided, as the API server knows them."""
+
+
+def entries(calls: Sequence[api.PendingApproval], verdict: Verdict) -> list[dict[str, Any]]:
     """One spec.approvals entry per call, as the API server stores them.
 
     Raises PluginError when a value breaks the API's bounds (a reason too long...), so the
     user hears it before anything is sent.
     """
-    if arguments is not None and len(calls) != 1:
+    if verdict.arguments is not None and len(calls) != 1:
         raise PluginError(
             f"--args replaces the arguments of one call, and {len(calls)} are selected: "
             "name the call, as in `approve RUN CALL --args JSON`."
@@ -117,10 +124,10 @@ def entries(
         approvals = [
             api.Approval(
                 tool_call_id=call.tool_call_id,
-                decision=decision,
-                reason=reason or None,
-                arguments=arguments,
-                approver=approver or None,
+                decision=verdict.decision,
+                reason=verdict.reason or None,
+                arguments=verdict.arguments,
+                approver=verdict.approver or None,
             )
             for call in calls
         ]
@@ -139,8 +146,11 @@ def patch(run: Mapping[str, Any], new_entries: Sequence[dict[str, Any]]) -> list
     op would be a bare 422, indistinguishable from a refused decision.
     """
     ops: list[dict[str, Any]] = [
-        {"op": "replace", "path": "/metadata/resourceVersion",
-         "value": run["metadata"]["resourceVersion"]},
+        {
+            "op": "replace",
+            "path": "/metadata/resourceVersion",
+            "value": run["metadata"]["resourceVersion"],
+        },
     ]
     if "approvals" not in (run.get("spec") or {}):
         # `add .../-` needs the list to exist; the resourceVersion guard above makes sure

@@ -35,8 +35,15 @@ class Row:
     age: str
 
     def cells(self, *, with_namespace: bool) -> list[str]:
-        cells = [self.name, self.phase, str(self.pending), str(self.requests), str(self.tokens),
-                 str(self.attempt), self.age]
+        cells = [
+            self.name,
+            self.phase,
+            str(self.pending),
+            str(self.requests),
+            str(self.tokens),
+            str(self.attempt),
+            self.age,
+        ]
         return [self.namespace, *cells] if with_namespace else cells
 
     @property

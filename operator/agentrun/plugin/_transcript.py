@@ -24,8 +24,12 @@ MAX_CHARS = 2000
 MAX_LINES = 30
 
 # How a tool result that is not a plain success is marked, after its title.
-_OUTCOMES = {"denied": "denied", "failed": "failed", "interrupted": "interrupted",
-             "retried": "retry"}
+_OUTCOMES = {
+    "denied": "denied",
+    "failed": "failed",
+    "interrupted": "interrupted",
+    "retried": "retry",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,14 +118,15 @@ def _call(part: Mapping[str, Any], *, full: bool) -> list[str]:
 
 def _arguments(args: object) -> str:
     """Arguments as compact JSON; the model may send them as an object or as JSON text."""
+    value = args
     if isinstance(args, str):
         try:
-            args = json.loads(args)
+            value = json.loads(args)
         except json.JSONDecodeError:
             return args
-    if args is None or args == {}:
+    if value is None or value == {}:
         return "{}"
-    return json.dumps(args, ensure_ascii=False)
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _user_content(content: object) -> Iterator[str]:
