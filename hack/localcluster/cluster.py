@@ -22,6 +22,7 @@ import hashlib
 import http.client
 import json
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -157,8 +158,9 @@ def stop(state_dir: Path) -> None:
     if pid := running.get("kubelet"):
         processes.terminate_groups([pid], grace=15)
     processes.terminate_groups(processes.recorded_pids(state_dir.glob("pods/*/*.pid")), grace=2)
-    others = [pid for name, pid in running.items() if name != "kubelet" and pid]
-    processes.terminate_groups(others, grace=10)
+    # etcd last: an apiserver whose etcd is gone never finishes a graceful shutdown.
+    for names in (("kube-controller-manager", "kube-apiserver"), ("etcd",)):
+        processes.terminate_groups([pid for name in names if (pid := running.get(name))], grace=10)
     for child in _CHILDREN.pop(state_dir, []):
         child.wait()
     (state_dir / "pids").unlink(missing_ok=True)
@@ -240,7 +242,7 @@ class _Launcher:
             argv,
             log=self._cluster.log(name),
             cwd=self._cluster.state_dir,
-            exit_with_parent=self._exit_with_caller,
+            parent_death_signal=_parent_death_signal(name) if self._exit_with_caller else None,
         )
         self._started[name] = child
         _CHILDREN.setdefault(self._cluster.state_dir, []).append(child)
@@ -260,6 +262,12 @@ class _Launcher:
         tail = "\n".join(self._cluster.log(name).read_text(errors="replace").splitlines()[-20:])
         error = _PortTaken if "address already in use" in tail else ClusterError
         return error(f"{name} exited with code {code} while the cluster started:\n{tail}")
+
+
+def _parent_death_signal(component: str) -> signal.Signals:
+    # The kubelet stops its pods on SIGTERM. The others get SIGKILL: they all die at
+    # once, and an apiserver whose etcd went first never finishes a graceful shutdown.
+    return signal.SIGTERM if component == "kubelet" else signal.SIGKILL
 
 
 def _reset(state_dir: Path, *, keep_data: bool) -> None:

@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 __all__ = ["alive", "belongs_to", "recorded_pids", "spawn", "terminate_groups"]
@@ -25,13 +25,13 @@ def spawn(
     log: Path,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
-    exit_with_parent: bool = False,
+    parent_death_signal: signal.Signals | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start argv in a new session, stdout and stderr appended to log.
 
-    With exit_with_parent the process gets SIGTERM when its parent dies, so that a test
-    session killed without its teardown leaves no control plane behind. Only for a
-    single-threaded parent: the hook runs between fork and exec.
+    With parent_death_signal the process gets that signal when its parent dies, so that
+    a test session killed without its teardown leaves no control plane behind. Only for
+    a single-threaded parent: the hook runs between fork and exec.
     """
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("ab") as out:
@@ -43,7 +43,7 @@ def spawn(
             env=dict(env) if env is not None else None,
             cwd=cwd,
             start_new_session=True,
-            preexec_fn=_term_when_parent_dies if exit_with_parent else None,
+            preexec_fn=_on_parent_death(parent_death_signal) if parent_death_signal else None,
         )
 
 
@@ -52,8 +52,11 @@ _LIBC = ctypes.CDLL(None, use_errno=True)
 _PR_SET_PDEATHSIG = 1
 
 
-def _term_when_parent_dies() -> None:
-    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def _on_parent_death(sig: signal.Signals) -> Callable[[], None]:
+    def arrange() -> None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, int(sig))
+
+    return arrange
 
 
 def alive(pid: int) -> bool:

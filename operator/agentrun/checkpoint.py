@@ -394,13 +394,13 @@ class Writer:
         """
         refs = list(self._record.segments)
         if append:
-            # A runner that lost the checkpoint learns it here, before it writes any chunk:
-            # a claim racing with this step can at most leave an uncommitted chunk behind.
-            self._check_owner()
             if self._history is None:
                 raise RuntimeError(
                     "This writer was opened without a history: it writes records only."
                 )
+            # A runner that lost the checkpoint learns it here, before it writes any chunk:
+            # a claim racing with this step can at most leave an uncommitted chunk behind.
+            self._check_owner()
             refs = self._append(refs, append)
         record = record.model_copy(
             update={

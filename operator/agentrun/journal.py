@@ -50,10 +50,12 @@ OUTCOME_UNKNOWN = (
     "before calling it again."
 )
 
-# The record sits in one ConfigMap beside nothing else: text it carries whole elsewhere
-# (the final answer, a call's arguments; both are in the history) is cut to keep it small.
+# The record lives in one ConfigMap (1 MiB at most) and is rewritten at every step: the
+# text it repeats from the history (the final answer, pending calls' arguments) is cut so
+# that the whole record stays well below half a MiB however many calls wait.
 MAX_RECORD_OUTPUT = 128 * 1024
 MAX_RECORD_ARGUMENTS = 16 * 1024
+MAX_RECORD_ALL_ARGUMENTS = 256 * 1024
 
 
 class Journal:
@@ -204,14 +206,16 @@ def cut(text: str, limit: int) -> str:
 def pending_calls(requests: DeferredToolRequests) -> list[api.PendingCall]:
     """The calls a paused run waits on, for the record."""
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    calls = [*requests.approvals, *requests.calls]
+    each = min(MAX_RECORD_ARGUMENTS, MAX_RECORD_ALL_ARGUMENTS // max(1, len(calls)))
     return [
         api.PendingCall(
             tool_call_id=call.tool_call_id,
             tool_name=call.tool_name,
-            arguments=cut(call.args_as_json_str(), MAX_RECORD_ARGUMENTS),
+            arguments=cut(call.args_as_json_str(), each),
             requested_at=now,
         )
-        for call in [*requests.approvals, *requests.calls]
+        for call in calls
     ]
 
 

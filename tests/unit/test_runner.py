@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 import pytest
 from pydantic_ai import (
+    DeferredToolRequests,
     ModelMessage,
     ModelRequest,
     ModelResponse,
@@ -210,3 +211,18 @@ def test_the_partial_output_is_the_last_text_the_model_gave() -> None:
 
     assert journal.last_text(messages) == "first"
     assert journal.last_text([]) is None
+
+
+def test_the_record_keeps_pending_arguments_small_however_many_calls_wait() -> None:
+    calls = [
+        ToolCallPart(
+            "write_file", {"path": f"f{n}", "content": "x" * 100_000}, tool_call_id=f"c{n}"
+        )
+        for n in range(100)
+    ]
+
+    pending = journal.pending_calls(DeferredToolRequests(approvals=calls))
+
+    assert [p.tool_call_id for p in pending] == [f"c{n}" for n in range(100)]
+    assert sum(len(p.arguments) for p in pending) < journal.MAX_RECORD_ALL_ARGUMENTS + 100 * 100
+    assert all(p.arguments.endswith("the whole is in the history.]") for p in pending)
