@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kubeconfig", type=Path, default=None)
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--slice", type=int, default=SLICE, help="bytes each tool returns")
     parser.add_argument("--starts", type=int, default=5, help="cold starts to measure")
     args = parser.parse_args(argv)
     with cluster(args.kubeconfig) as kubeconfig, ScriptedModelServer() as model:
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         with tempfile.TemporaryDirectory() as folder:
             runners = _runners(kubeconfig, model, Path(folder))
-            write_amplification(runners, steps=args.steps)
+            write_amplification(runners, steps=args.steps, size=args.slice)
             cold_start(runners, starts=args.starts)
 
 
@@ -99,17 +100,20 @@ def _runners(kubeconfig: Path, model: ScriptedModelServer, workspace: Path) -> R
     )
 
 
-def write_amplification(runners: Runners, *, steps: int) -> None:
+def write_amplification(runners: Runners, *, steps: int, size: int) -> None:
     source = b"".join(path.read_bytes() for path in sorted((ROOT / "operator").rglob("*.py")))
     turns: list[dict[str, Any]] = []
     for number in range(steps // 2):
-        start = (number * SLICE) % max(1, len(source) - SLICE)
-        (runners.workspace / f"slice{number}.py").write_bytes(source[start : start + SLICE])
+        start = (number * size) % max(1, len(source) - size)
+        (runners.workspace / f"slice{number}.py").write_bytes(source[start : start + size])
         call = {"name": "read_file", "arguments": {"path": f"slice{number}.py"}}
         turns.append({"tool_calls": [call]})
     turns.append({"text": "Read them all."})
     run = runners.create(
-        "amplification", turns=turns, tools=[{"name": "read_file"}], limits={"maxRequests": steps}
+        f"amplification-{size}",
+        turns=turns,
+        tools=[{"name": "read_file"}],
+        limits={"maxRequests": steps},
     )
 
     exited = runners.run(run, 1, timeout=600)
