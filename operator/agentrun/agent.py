@@ -219,7 +219,8 @@ def decisions(
         elif _timed_out(spec.approval_policy, call, now=now):
             assert spec.approval_policy is not None
             results.approvals[call.tool_call_id] = ToolDenied(
-                f"No decision came within {spec.approval_policy.timeout_seconds} seconds; "
+                "The call timed out waiting for approval: no decision came within "
+                f"{spec.approval_policy.timeout_seconds} seconds; "
                 "the call was not run."
             )
         else:

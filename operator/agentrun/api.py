@@ -381,6 +381,10 @@ class AgentRunStatus(_Model):
     """The final answer, cut to a bound; the whole of it lives in the checkpoint."""
     checkpoint: CheckpointStatus | None = None
     """Where the checkpoint is."""
+    settled_calls: Annotated[list[str], Field(alias="settledCalls", max_length=4096)] = []
+    """Ids of the calls whose decisions an attempt has been started with."""
+    ignored_decisions: Annotated[list[str], Field(alias="ignoredDecisions", max_length=4096)] = []
+    """Ids in spec.approvals that matched no pending call, ignored with a Warning Event."""
     next_attempt_time: Annotated[str | None, Field(alias="nextAttemptTime")] = None
     """When the next attempt starts after a failed one (RFC 3339)."""
     reason: str | None = None

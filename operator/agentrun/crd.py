@@ -125,6 +125,9 @@ def _spec_schema() -> dict[str, Any]:
     # Nested defaults apply only inside objects that exist: default these to empty.
     for field in ("limits", "retry"):
         props[field]["default"] = {}
+    # A stored empty list lets reviewers append with a JSON patch (`add /spec/approvals/-`),
+    # which fails on a missing list.
+    props["approvals"]["default"] = []
     spec["x-kubernetes-validations"] = _spec_rules()
     return spec
 

@@ -78,6 +78,11 @@ def decide(seen: Observed) -> Plan:
     status.observed_generation = seen.generation
     if status.phase is not None and api.Phase(status.phase).is_final:
         return Plan(status=status, wake_after=None)
+    plan = _next_step(seen, status)
+    return _with_stray_decisions_reported(seen, plan)
+
+
+def _next_step(seen: Observed, status: api.AgentRunStatus) -> Plan:
 
     _copy_progress(status, seen.record)
     job, record = seen.job, _current_record(seen)
@@ -124,6 +129,27 @@ def decide(seen: Observed) -> Plan:
         message = f"Job {job.name} waits for Kueue to admit it from queue {seen.spec.queue_name}."
         return _transition(seen, status, api.Phase.PENDING, "Queued", message)
     return _transition(seen, status, api.Phase.RUNNING, "AttemptRunning", _running_message(status))
+
+
+def _with_stray_decisions_reported(seen: Observed, plan: Plan) -> Plan:
+    """Decisions that match no call the run ever paused on are ignored, and said so once."""
+    status = plan.status
+    known = {*status.settled_calls, *status.ignored_decisions}
+    if seen.record is not None:
+        known.update(p.tool_call_id for p in seen.record.pending)
+    stray = [a.tool_call_id for a in seen.spec.approvals if a.tool_call_id not in known]
+    if not stray:
+        return plan
+    status.ignored_decisions = [*status.ignored_decisions, *stray]
+    events = tuple(
+        Event(
+            "Warning",
+            "DecisionIgnored",
+            f"The decision on {call_id!r} matches no pending call of this run; it is ignored.",
+        )
+        for call_id in stray
+    )
+    return dataclasses.replace(plan, events=(*plan.events, *events))
 
 
 def _current_record(seen: Observed) -> api.CheckpointRecord | None:
@@ -225,6 +251,7 @@ def _await_decisions(
     undecided = [p for p in record.pending if seen.spec.decision_for(p.tool_call_id) is None]
     status.pending_count = len(undecided)
     if not undecided:
+        _settle(status, record)
         return _start(seen, status, reason="Resumed", why="every pending call was decided")
 
     policy = seen.spec.approval_policy
@@ -237,6 +264,7 @@ def _await_decisions(
             )
             if policy.on_timeout == api.OnTimeout.FAIL:
                 return _fail(seen, status, "ApprovalTimeout", message)
+            _settle(status, record)
             return _start(seen, status, reason="ApprovalTimedOut", why=message.rstrip("."))
         wake = (deadline - seen.now).total_seconds()
     else:
@@ -246,6 +274,12 @@ def _await_decisions(
     message = f"Waiting for a decision on {calls} in spec.approvals."
     plan = _transition(seen, status, api.Phase.AWAITING_APPROVAL, "ApprovalRequired", message)
     return dataclasses.replace(plan, wake_after=min(wake, RECHECK_SECONDS))
+
+
+def _settle(status: api.AgentRunStatus, record: api.CheckpointRecord) -> None:
+    """The paused calls are settled: the next attempt starts with their decisions."""
+    settled = [p.tool_call_id for p in record.pending if p.tool_call_id not in status.settled_calls]
+    status.settled_calls = [*status.settled_calls, *settled]
 
 
 def _pending_for_status(call: api.PendingCall) -> api.PendingApproval:

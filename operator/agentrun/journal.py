@@ -25,6 +25,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pydantic_ai import (
+    ApprovalRequired,
+    CallDeferred,
     DeferredToolRequests,
     ModelMessage,
     ModelResponse,
@@ -111,6 +113,14 @@ class Journal:
                 tool_call_id=call.tool_call_id, tool_name=call.tool_name, step=record.step
             )
             await self._commit(record.model_copy(update={"started": [*record.started, entry]}))
+
+    async def unstarted(self, call: ToolCallPart) -> None:
+        """Withdraw the record that `call` started: its tool did not run after all."""
+        async with self._lock:
+            record = self.record
+            kept = [s for s in record.started if s.tool_call_id != call.tool_call_id]
+            if len(kept) != len(record.started):
+                await self._commit(record.model_copy(update={"started": kept}))
 
     async def step(
         self,
@@ -255,7 +265,13 @@ class Guard(AbstractCapability[tools.ToolDeps]):
                 call.tool_name,
             )
         await self.journal.started(call)
-        return await handler(args)
+        try:
+            return await handler(args)
+        except (ApprovalRequired, CallDeferred):
+            # Deferred inside the toolset (MCP tools gated by requireApproval): the tool
+            # did not run, and the call is to wait for a decision, not to count as cut off.
+            await self.journal.unstarted(call)
+            raise
 
     async def after_model_request(
         self, ctx: RunContext[tools.ToolDeps], *, request_context: Any, response: ModelResponse

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -220,10 +221,12 @@ def test_the_approver_policy_refuses_a_forged_approver(
             what="the patch to be answered",
         )
 
-    forged = eventually(
-        lambda: (r := add("alice", "call-1")) if r.returncode != 0 else None,
-        what="the policy to take effect",
-    )
+    def refused() -> Any:
+        attempt = add("alice", f"call-{time.monotonic_ns()}")
+        return attempt if attempt.returncode != 0 else None
+
+    # A policy takes effect a moment after it is created, once the API server loads it.
+    forged = eventually(refused, what="the policy to take effect")
     honest = add("bob", "call-2")
 
     assert "approver must equal the requesting user" in forged.stderr
@@ -255,6 +258,8 @@ def test_an_mcp_tool_runs_and_a_gated_one_waits_for_approval(
     assert first_results["c-add"] == "5"
     assert [p["toolName"] for p in paused["status"]["pendingApprovals"]] == ["calc_wipe"]
     assert calls_while_paused == [("add", {"a": 2, "b": 3})]
+    final = tool_results(last_request(model_server, model_key))
+    assert final["c-wipe"] == "wiped /x", final
     assert mcp.calls == [("add", {"a": 2, "b": 3}), ("wipe", {"folder": "/x"})]
 
 

@@ -6,7 +6,8 @@ Without --kubeconfig (or KUBECONFIG) it starts a local control plane in a tempor
 folder (hack/localcluster) and stops it afterwards. It prints:
 
 - write amplification over a scripted run of `--steps` steps (a tool call and its result
-  per model turn, each tool reading a different 2 KiB slice of this repository's source):
+  per model turn, each tool reading a different slice of this repository's source, 2 KiB
+  unless --slice says otherwise):
   the bytes of every checkpoint request (JSON bodies, chunks in base64, the record of each
   step) and of the history chunks alone, each divided by the history's stored
   (compressed) bytes;
@@ -44,7 +45,8 @@ WRITES = re.compile(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kubeconfig", type=Path, default=None)
+    default = os.environ.get("KUBECONFIG")
+    parser.add_argument("--kubeconfig", type=Path, default=Path(default) if default else None)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--slice", type=int, default=SLICE, help="bytes each tool returns")
     parser.add_argument("--starts", type=int, default=5, help="cold starts to measure")
@@ -75,7 +77,7 @@ def cluster(kubeconfig: Path | None) -> Iterator[Path]:
         yield kubeconfig
         return
     sys.path.insert(0, str(ROOT / "hack"))
-    from localcluster import cluster as localcluster  # type: ignore[import-not-found]
+    from localcluster import cluster as localcluster
 
     with tempfile.TemporaryDirectory() as state:
         started = localcluster.start(Path(state))

@@ -13,7 +13,7 @@ from pydantic_ai import ToolReturnPart
 
 from agentrun import api, runner
 
-from .conftest import Runners
+from .conftest import Run, Runners
 
 pytestmark = pytest.mark.e2e
 
@@ -257,6 +257,7 @@ def test_mcp_tools_are_called_by_prefixed_name_and_globbed_ones_wait(
                     {"id": "rm", "name": "calc_erase", "arguments": {"path": "x"}},
                 ]
             },
+            {"tool_calls": [{"id": "rm2", "name": "calc_erase", "arguments": {"path": "y"}}]},
             {"text": "done"},
         ],
         mcpServers=[{"name": "calc", "url": mcp_server, "requireApproval": ["era*"]}],
@@ -270,10 +271,38 @@ def test_mcp_tools_are_called_by_prefixed_name_and_globbed_ones_wait(
     assert [(p.tool_call_id, p.tool_name) for p in record.pending] == [("rm", "calc_erase")]
     offered = runners.requests(run)[0]["body"]["tools"]
     assert sorted(tool["function"]["name"] for tool in offered) == ["calc_add", "calc_erase"]
-    results = {
+    assert tool_results(runners, run) == {"sum": 5}
+    runners.patch_spec(run, {"approvals": [{"toolCallId": "rm", "decision": "Approve"}]})
+    runners.claim(run, 2)
+
+    resumed = runners.run(run, 2)
+
+    assert resumed.code == runner.EXIT_OK, resumed.output
+    assert runners.record(run).outcome == api.Outcome.PAUSED
+    assert [p.tool_call_id for p in runners.record(run).pending] == ["rm2"]
+    assert runners.record(run).started == []
+    runners.patch_spec(
+        run,
+        {
+            "approvals": [
+                {"toolCallId": "rm", "decision": "Approve"},
+                {"toolCallId": "rm2", "decision": "Approve"},
+            ]
+        },
+    )
+    runners.claim(run, 3)
+
+    finished = runners.run(run, 3)
+
+    assert finished.code == runner.EXIT_OK, finished.output
+    assert runners.record(run).outcome == api.Outcome.SUCCEEDED
+    assert tool_results(runners, run) == {"sum": 5, "rm": "erased x", "rm2": "erased y"}
+
+
+def tool_results(runners: Runners, run: Run) -> dict[str, object]:
+    return {
         part.tool_call_id: part.content
         for message in runners.history(run)
         for part in message.parts
         if isinstance(part, ToolReturnPart)
     }
-    assert results == {"sum": 5}

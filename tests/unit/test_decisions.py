@@ -362,3 +362,35 @@ def test_deciding_twice_on_the_same_observation_is_a_no_op() -> None:
     assert api.dump(again.status) == api.dump(first.status)
     assert again.events == ()
     assert again.start_attempt is None
+
+
+def test_a_decision_for_a_call_nobody_made_is_ignored_with_one_warning() -> None:
+    job = decisions.JobView(name="demo-1", succeeded=True)
+    spec = {"approvals": [{"toolCallId": "ghost", "decision": "Approve"}]}
+
+    first = decisions.decide(
+        observed(spec=spec, status=running(), job=job, record=paused_with("c1"))
+    )
+    again = decisions.decide(
+        observed(spec=spec, status=api.dump(first.status), job=job, record=paused_with("c1"))
+    )
+
+    assert [(e.type, e.reason) for e in first.events][-1] == ("Warning", "DecisionIgnored")
+    assert first.status.ignored_decisions == ["ghost"]
+    assert first.start_attempt is None
+    assert [e.reason for e in again.events] == []
+
+
+def test_decisions_used_by_an_earlier_pause_are_not_reported_as_stray() -> None:
+    job = decisions.JobView(name="demo-1", succeeded=True)
+    spec = {"approvals": [{"toolCallId": "c1", "decision": "Approve"}]}
+
+    resumed = decisions.decide(
+        observed(spec=spec, status=running(), job=job, record=paused_with("c1"))
+    )
+    later = decisions.decide(
+        observed(spec=spec, status=api.dump(resumed.status), job=decisions.JobView(name="demo-2"))
+    )
+
+    assert resumed.status.settled_calls == ["c1"]
+    assert all(e.type == "Normal" for e in [*resumed.events, *later.events])
