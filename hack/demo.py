@@ -29,19 +29,25 @@ BIN = ROOT / "bin"
 VENV_BIN = Path(sys.executable).parent
 RELEASE, OPERATOR_NS, RUN = "agentrun", "agentrun-system", "approval"
 
-# What the scripted model answers for examples/02-approval.yaml (model gpt-4o): write a
-# file, ask to run a gated shell command, then answer with what the command printed.
+# What the scripted model answers for examples/02-approval.yaml (model gpt-4o): ask to
+# run a gated shell command that writes a file, then answer once it ran.
 SCRIPT = {
     "gpt-4o": [
         {
-            "text": "I will create the file first.",
+            "text": "I will write the file with the shell.",
             "tool_calls": [
-                {"name": "write_file", "arguments": {"path": "hello.txt", "content": "hello\n"}}
+                {
+                    "name": "shell",
+                    "arguments": {"command": "echo hello > hello.txt && cat hello.txt && ls"},
+                }
             ],
         },
-        {"tool_calls": [{"name": "shell", "arguments": {"command": "ls | wc -l"}}]},
-        {"text": "Your workspace holds 1 file: hello.txt, which says hello."},
-    ]
+        {"text": "I created hello.txt in your workspace; it says: hello."},
+    ],
+    # examples/01-minimal.yaml, suggested for exploring afterwards.
+    "gpt-4o-mini": [
+        {"text": "An operator encodes how to run an application as a controller that keeps it so."}
+    ],
 }
 
 
