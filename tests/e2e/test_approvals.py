@@ -42,9 +42,7 @@ def decide(kubectl: Kubectl, run: str, call_id: str, decision: str, **extra: Any
 def tool_results(request: dict[str, Any]) -> dict[str, str]:
     """Tool results in a recorded model request, by tool call id."""
     return {
-        m["tool_call_id"]: m["content"]
-        for m in request["body"]["messages"]
-        if m["role"] == "tool"
+        m["tool_call_id"]: m["content"] for m in request["body"]["messages"] if m["role"] == "tool"
     }
 
 
@@ -93,7 +91,8 @@ def test_a_denied_call_reaches_the_model_with_its_reason(
 ) -> None:
     mark = tmp_path / "should-not-exist"
     model_server.set_script(
-        model_key, [{"tool_calls": [shell_call(f"touch {mark}", "call-1")]}, {"text": "Understood."}]
+        model_key,
+        [{"tool_calls": [shell_call(f"touch {mark}", "call-1")]}, {"text": "Understood."}],
     )
 
     kubectl.apply(manifest("denied", gated_spec(model_key)))
@@ -151,7 +150,9 @@ def test_a_run_resumes_only_once_every_pending_call_is_decided(
 def test_a_decision_for_an_unknown_call_is_ignored_with_a_warning(
     kubectl: Kubectl, model_server: ScriptedModelServer, model_key: str
 ) -> None:
-    model_server.set_script(model_key, [{"tool_calls": [shell_call("true", "call-1")]}, {"text": "ok"}])
+    model_server.set_script(
+        model_key, [{"tool_calls": [shell_call("true", "call-1")]}, {"text": "ok"}]
+    )
     kubectl.apply(manifest("stray", gated_spec(model_key)))
     wait_for_phase(kubectl, "stray", "AwaitingApproval")
 
@@ -167,7 +168,9 @@ def test_a_decision_for_an_unknown_call_is_ignored_with_a_warning(
 def test_an_undecided_call_times_out_as_the_policy_says(
     kubectl: Kubectl, model_server: ScriptedModelServer, model_key: str, on_timeout: str, phase: str
 ) -> None:
-    model_server.set_script(model_key, [{"tool_calls": [shell_call("true", "call-1")]}, {"text": "ok"}])
+    model_server.set_script(
+        model_key, [{"tool_calls": [shell_call("true", "call-1")]}, {"text": "ok"}]
+    )
     policy = {"timeoutSeconds": 3, "onTimeout": on_timeout}
 
     kubectl.apply(manifest("slow-review", gated_spec(model_key, approvalPolicy=policy)))
@@ -184,7 +187,9 @@ def test_an_undecided_call_times_out_as_the_policy_says(
 def approver_policy(kubectl: Kubectl) -> Iterator[None]:
     """deploy/approver-policy.yaml, bound to this test's namespace only (it is
     cluster-scoped, and other tests run beside this one)."""
-    docs = [d for d in yaml.safe_load_all((ROOT / "deploy" / "approver-policy.yaml").read_text()) if d]
+    docs = [
+        d for d in yaml.safe_load_all((ROOT / "deploy" / "approver-policy.yaml").read_text()) if d
+    ]
     suffix = kubectl.namespace[-20:]
     applied = []
     for doc in docs:
@@ -216,8 +221,18 @@ def test_the_approver_policy_refuses_a_forged_approver(
         entry = {"toolCallId": call_id, "decision": "Approve", "approver": approver}
         patch = json.dumps([{"op": "add", "path": "/spec/approvals/-", "value": entry}])
         return eventually(
-            lambda: kubectl("patch", "agentrun", "policed", "--as", "bob", "--type", "json",
-                            "-p", patch, check=False),  # fmt: skip
+            lambda: kubectl(
+                "patch",
+                "agentrun",
+                "policed",
+                "--as",
+                "bob",
+                "--type",
+                "json",
+                "-p",
+                patch,
+                check=False,
+            ),
             what="the patch to be answered",
         )
 
@@ -240,8 +255,16 @@ def test_an_mcp_tool_runs_and_a_gated_one_waits_for_approval(
         model_server.set_script(
             model_key,
             [
-                {"tool_calls": [{"id": "c-add", "name": "calc_add", "arguments": {"a": 2, "b": 3}}]},
-                {"tool_calls": [{"id": "c-wipe", "name": "calc_wipe", "arguments": {"folder": "/x"}}]},
+                {
+                    "tool_calls": [
+                        {"id": "c-add", "name": "calc_add", "arguments": {"a": 2, "b": 3}}
+                    ]
+                },
+                {
+                    "tool_calls": [
+                        {"id": "c-wipe", "name": "calc_wipe", "arguments": {"folder": "/x"}}
+                    ]
+                },
                 {"text": "2 + 3 = 5, and the folder is wiped."},
             ],
         )
@@ -254,7 +277,9 @@ def test_an_mcp_tool_runs_and_a_gated_one_waits_for_approval(
         decide(kubectl, "mcp", "c-wipe", "Approve")
         wait_for_phase(kubectl, "mcp", "Succeeded")
 
-    first_results = tool_results([r for r in model_server.requests(model_key) if r["turn"] == 1][0])
+    first_results = tool_results(
+        next(r for r in model_server.requests(model_key) if r["turn"] == 1)
+    )
     assert first_results["c-add"] == "5"
     assert [p["toolName"] for p in paused["status"]["pendingApprovals"]] == ["calc_wipe"]
     assert calls_while_paused == [("add", {"a": 2, "b": 3})]
