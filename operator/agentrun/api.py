@@ -408,7 +408,7 @@ class PendingCall(_Model):
     tool_call_id: Annotated[str, Field(alias="toolCallId")]
     tool_name: Annotated[str, Field(alias="toolName")]
     arguments: str = ""
-    """The call's arguments as JSON text, whole."""
+    """The call's arguments as JSON text, cut to a bound; the whole is in the history."""
     requested_at: Annotated[str, Field(alias="requestedAt")] = ""
 
 
