@@ -56,7 +56,8 @@ class OperatorProcess:
             self.process = subprocess.Popen(
                 [
                     str(BIN / "agentrun-operator"),
-                    "-A",
+                    "-n",
+                    "e2e-*",
                     "--metrics-port",
                     str(self.metrics_port),
                     "--health-port",
