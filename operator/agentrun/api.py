@@ -212,7 +212,7 @@ class Limits(_Model):
     max_total_tokens: Annotated[int | None, Field(alias="maxTotalTokens", ge=1)] = None
     """Most input plus output tokens over the run; unset means no token bound."""
     timeout_seconds: Annotated[int | None, Field(alias="timeoutSeconds", ge=1)] = None
-    """Wall-clock bound on the run from its start, waiting for approvals excluded."""
+    """Bound on the time the run's attempts spend running, summed; approval waits excluded."""
     tool_timeout_seconds: Annotated[int, Field(alias="toolTimeoutSeconds", ge=1, le=86400)] = 120
     """Bound on one tool call."""
 
