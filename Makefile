@@ -8,7 +8,7 @@ STATE ?= .local
 KUBECONFIG_LOCAL := $(STATE)/kubeconfig
 IMAGE ?= agentrun-operator:dev
 KIND_CLUSTER ?= agentrun
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= -n 2
 
 .PHONY: help
 help: ## List the targets, one line each
