@@ -31,6 +31,7 @@ import os
 import platform
 import queue
 import re
+import resource
 import signal
 import socket
 import statistics
@@ -68,7 +69,7 @@ RUN_LABEL = "agentrun.dev/run"
 AGENTRUNS, JOBS = "AgentRuns", "bare Jobs"
 # Milestones of a run seen by the watches: its Job exists; the operator has taken it up
 # (kopf adds its finalizer before it starts a run's supervisor daemon).
-JOB, PICKUP = "Job", "finalizer"
+JOB, PICKUP, DONE = "Job", "finalizer", "done"
 CREATORS = 16
 """Threads creating a batch's objects: enough that 200 creates take well under a second."""
 
@@ -101,18 +102,17 @@ BARE_CLIENT = textwrap.dedent(
     """
 )
 
-# What the runner imports before its first model request (agentrun.runner imports the
-# heavy ones lazily, so `import agentrun.runner` alone would hide them).
-RUNNER_IMPORTS = (
-    "agentrun.runner",
-    "kubernetes.client",
-    "agentrun.agent",
-    "agentrun.journal",
-    "agentrun.history",
-    "openai",
-    "pydantic_ai.models.openai",
-    "pydantic_ai.providers.openai",
+# What the runner imports before its first model request. agentrun.runner imports the
+# heavy modules lazily, and kubernetes.client its API classes on first use, so
+# `import agentrun.runner` alone would hide nearly all of it.
+RUNNER_IMPORTS = "; ".join(
+    (
+        "import agentrun.runner, agentrun.agent, agentrun.journal, agentrun.history",
+        "import openai, pydantic_ai.models.openai, pydantic_ai.providers.openai",
+        "from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi",
+    )
 )
+CLIENT_IMPORTS = "import openai"
 
 
 class BenchError(RuntimeError):
@@ -548,41 +548,41 @@ class Progress:
     def __init__(self, names: Sequence[str]) -> None:
         self.expected = set(names)
         self.marks: dict[str, dict[str, float]] = collections.defaultdict(dict)
-        """Per milestone (JOB, PICKUP), when each object first reached it."""
-        self.finished: dict[str, float] = {}
+        """Per milestone (JOB, PICKUP, DONE), when each object first reached it."""
         self.failed: dict[str, str] = {}
         self._changed = threading.Condition()
 
     def mark(self, milestone: str, name: str, at: float) -> None:
         with self._changed:
-            self.marks[milestone].setdefault(name, at)
+            if name in self.expected:
+                self.marks[milestone].setdefault(name, at)
+                self._changed.notify_all()
 
     def finish(self, name: str, at: float, *, failure: str | None = None) -> None:
+        if failure is None:
+            self.mark(DONE, name, at)
+            return
         with self._changed:
-            if name not in self.expected or name in self.finished or name in self.failed:
-                return
-            if failure is None:
-                self.finished[name] = at
-            else:
-                self.failed[name] = failure
+            self.failed.setdefault(name, failure)
             self._changed.notify_all()
 
-    def wait(self, *, timeout: float, what: str) -> float:
-        """When the last object finished; raises BenchError on a failure or the timeout."""
+    def wait(self, milestone: str, *, timeout: float, what: str) -> float:
+        """When the last object reached `milestone`; raises BenchError on a failure or the
+        timeout."""
         deadline = time.monotonic() + timeout
         with self._changed:
-            while len(self.finished) < len(self.expected):
+            while len(reached := self.marks[milestone]) < len(self.expected):
                 if self.failed:
                     name, why = next(iter(self.failed.items()))
                     raise BenchError(f"{what}: {name} failed: {why}")
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise BenchError(
-                        f"{what}: {len(self.finished)} of {len(self.expected)} finished "
+                        f"{what}: {len(reached)} of {len(self.expected)} reached {milestone} "
                         f"after {timeout:.0f} s."
                     )
                 self._changed.wait(min(left, 5))
-            return max(self.finished.values())
+            return max(reached.values())
 
 
 # --- one batch --------------------------------------------------------------------------------
@@ -641,14 +641,21 @@ def create_all(create: Callable[[str], object], names: Sequence[str]) -> dict[st
 
 
 def measure(
-    bench: Bench, *, kind: str, namespace: str, names: Sequence[str], turns: list[dict[str, Any]]
+    bench: Bench,
+    *,
+    kind: str,
+    namespace: str,
+    names: Sequence[str],
+    turns: list[dict[str, Any]],
+    hold: bool = False,
 ) -> Batch:
     """Create `names` at once in `namespace`, each running the scripted `turns`, and wait
-    until every one has finished."""
+    until every one has finished; with `hold`, until each has its Job, held suspended."""
     key = namespace
     bench.model.set_script(key, turns)
     progress = Progress(names)
-    gate = Gate(bench.batch, namespace, bench.max_pods) if bench.max_pods else None
+    limit = 0 if hold else bench.max_pods
+    gate = Gate(bench.batch, namespace, limit) if hold or limit else None
 
     def on_job(job: dict[str, Any], seen: float) -> None:
         if kind == AGENTRUNS:
@@ -685,7 +692,9 @@ def measure(
     began = time.monotonic()
     try:
         created = create_all(create, names)
-        ended = progress.wait(timeout=600 + 10 * len(names), what=f"{len(names)} {kind}")
+        ended = progress.wait(
+            JOB if hold else DONE, timeout=600 + 10 * len(names), what=f"{len(names)} {kind}"
+        )
     finally:
         for watch in watches:
             watch.stop()
@@ -696,6 +705,7 @@ def measure(
     latencies = {
         milestone: [seen[name] - created[name] for name in names if name in seen]
         for milestone, seen in progress.marks.items()
+        if milestone != DONE
     }
     cpu = {name: after[name] - before[name] for name in after if name in before}
     writes = checkpoint_writes(bench.runner_logs(namespace)) if kind == AGENTRUNS else None
@@ -758,6 +768,17 @@ def compare(bench: Bench, size: int) -> tuple[Batch, Batch]:
     return bare, runs
 
 
+def held(bench: Bench, size: int) -> Batch:
+    """Figure 2 with the operator alone: N AgentRuns whose Jobs stay suspended, so that no
+    runner competes with the operator for this machine's cores, as on a cluster whose
+    runners have nodes of their own. The runs never start; the namespace goes after."""
+    with bench.namespace(f"bench-held-{size}") as namespace:
+        names = [f"held-{n:04d}" for n in range(size)]
+        return measure(
+            bench, kind=AGENTRUNS, namespace=namespace, names=names, turns=ONE_TURN, hold=True
+        )
+
+
 def percentile(values: Sequence[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
@@ -768,10 +789,12 @@ def spread(values: Sequence[float]) -> str:
     return f"{statistics.median(values) * 1000:.0f} / {percentile(values, 0.99) * 1000:.0f} ms"
 
 
-def overhead_rows(sizes: Sizes, results: Mapping[int, tuple[Batch, Batch]]) -> list[Row]:
+def overhead_rows(
+    sizes: Sizes, results: Mapping[int, tuple[Batch, Batch]], alone: Batch
+) -> list[Row]:
     bare, runs = results[sizes.runs]
     ratio = runs.wall / bare.wall
-    latencies = runs.latencies[JOB]
+    latencies, quiet = runs.latencies[JOB], alone.latencies[JOB]
     rows = [
         Row(
             f"1. Operator overhead, {sizes.runs} runs of 3 turns",
@@ -784,6 +807,12 @@ def overhead_rows(sizes: Sizes, results: Mapping[int, tuple[Batch, Batch]]) -> l
             spread(latencies),
             "100 / 500 ms",
             verdict(statistics.median(latencies) <= 0.1 and percentile(latencies, 0.99) <= 0.5),
+        ),
+        Row(
+            "2.   the same, Jobs held: no pod running",
+            spread(quiet),
+            "100 / 500 ms",
+            verdict(statistics.median(quiet) <= 0.1 and percentile(quiet, 0.99) <= 0.5),
         ),
     ]
     for size in sizes.growth:
@@ -819,7 +848,7 @@ def growth_details(results: Mapping[int, tuple[Batch, Batch]]) -> list[str]:
     return lines
 
 
-def explain_overhead(bare: Batch, runs: Batch, imports: Sequence[tuple[str, float]]) -> list[str]:
+def explain_overhead(bare: Batch, runs: Batch, imports: Imports | None) -> list[str]:
     """Where the AgentRuns' extra time went, from the CPU each process spent per run."""
     if not runs.cpu:
         return ["No CPU accounting on a cluster this program did not start."]
@@ -840,12 +869,11 @@ def explain_overhead(bare: Batch, runs: Batch, imports: Sequence[tuple[str, floa
     top = max(extra, key=lambda name: extra[name])
     if total > 0:
         lines.append(f"  The difference is dominated by {top}: {extra[top] / total:.0%} of it.")
-    if imports:
-        spent = ", ".join(f"{name} {seconds:.2f}" for name, seconds in imports[:5])
-        whole = sum(seconds for _, seconds in imports)
+    if imports is not None:
+        spent = ", ".join(f"{name} {seconds:.2f}" for name, seconds in imports.packages[:4])
         lines.append(
-            f"  A runner imports {whole:.2f} s before its first request ({spent} s; "
-            "python -X importtime, unloaded); the bare client imports openai alone."
+            f"  Importing costs a runner {imports.runner_cpu:.2f} CPU-s before its first request "
+            f"({spent} s by -X importtime), the bare client {imports.client_cpu:.2f} (openai)."
         )
     if runs.writes is not None:
         requests, sent = runs.writes
@@ -897,7 +925,7 @@ def footprint(bench: Bench, sizes: Sizes) -> list[Row]:
 # --- figures 3 and 5: the runner, through tests/runner/bench.py ---------------------------------
 
 
-def runner_figures(bench: Bench, sizes: Sizes) -> tuple[list[Row], list[str], list[Any]]:
+def runner_figures(bench: Bench, sizes: Sizes) -> tuple[list[Row], list[str], Imports]:
     """Figures 3 and 5 by tests/runner/bench.py, with the naive rewrite and the imports
     added. Runs before the operator starts: these runners are driven by hand."""
     assert isinstance(bench.model, ScriptedModelServer)
@@ -918,14 +946,16 @@ def runner_figures(bench: Bench, sizes: Sizes) -> tuple[list[Row], list[str], li
         finally:
             runners.close()
     imports = import_profile()
+    packages = imports.packages
     rows = amplification_rows(amplification, naive, steps=sizes.steps)
     rows.append(cold_start_row(cold, starts=sizes.starts))
     details = [
         "tests/runner/bench.py said:",
         *_indented(amplification + cold),
         "What the runner imports before its first request (python -X importtime, median of 3):",
-        *(f"  {name:<24} {seconds:5.2f} s" for name, seconds in imports[:8]),
-        f"  {'all':<24} {sum(seconds for _, seconds in imports):5.2f} s",
+        *(f"  {name:<24} {seconds:5.2f} s" for name, seconds in packages[:8]),
+        f"  {'all':<24} {sum(seconds for _, seconds in packages):5.2f} s "
+        f"({imports.runner_cpu:.2f} CPU-s without -X importtime)",
     ]
     return rows, details, imports
 
@@ -1014,19 +1044,41 @@ def cold_start_row(text: str, *, starts: int) -> Row:
     )
 
 
-def import_profile(repeats: int = 3) -> list[tuple[str, float]]:
-    """Seconds of import per top-level package before the runner's first request, by
-    `python -X importtime` (the median of a few runs), largest first."""
+@dataclasses.dataclass(frozen=True)
+class Imports:
+    """What importing costs the runner and the bare client, each in a fresh interpreter."""
+
+    packages: list[tuple[str, float]]
+    """The runner's import seconds per top-level package (-X importtime), largest first."""
+    runner_cpu: float
+    """CPU seconds of an interpreter that imports what the runner does, and exits."""
+    client_cpu: float
+    """The same for the bare client: openai alone."""
+
+
+def import_profile(repeats: int = 3) -> Imports:
+    """Each figure the median of `repeats` fresh interpreters."""
     per_package: dict[str, list[float]] = collections.defaultdict(list)
     for _ in range(repeats):
         for name, seconds in _importtime().items():
             per_package[name].append(seconds)
     medians = {name: statistics.median(values) for name, values in per_package.items()}
-    return sorted(medians.items(), key=lambda item: -item[1])
+    return Imports(
+        packages=sorted(medians.items(), key=lambda item: -item[1]),
+        runner_cpu=statistics.median(_import_cpu(RUNNER_IMPORTS) for _ in range(repeats)),
+        client_cpu=statistics.median(_import_cpu(CLIENT_IMPORTS) for _ in range(repeats)),
+    )
+
+
+def _import_cpu(code: str) -> float:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run([sys.executable, "-c", code], check=True)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
 def _importtime() -> dict[str, float]:
-    code = "import " + ", ".join(RUNNER_IMPORTS)
+    code = RUNNER_IMPORTS
     done = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, check=True
     )
@@ -1137,7 +1189,7 @@ def environment(args: argparse.Namespace, sizes: Sizes) -> Iterator[Bench]:
 def run_all(bench: Bench, sizes: Sizes) -> tuple[list[Row], list[str]]:
     rows: list[Row] = []
     details: list[str] = []
-    imports: list[Any] = []
+    imports: Imports | None = None
     if bench.local is not None:
         say("Figures 3 and 5: the runner, by tests/runner/bench.py.")
         runner_rows, details, imports = runner_figures(bench, sizes)
@@ -1147,11 +1199,13 @@ def run_all(bench: Bench, sizes: Sizes) -> tuple[list[Row], list[str]]:
     else:
         rows += [Row("3, 4, 5. Runner and operator process figures", "skipped: local cluster only")]
 
+    say(f"Figure 2 alone: {sizes.runs} AgentRuns whose Jobs stay suspended.")
+    alone = held(bench, sizes.runs)
     results = {}
     for size in sizes.batches:
         say(f"Figures 1, 2 and 6: {size} bare Jobs, then {size} AgentRuns.")
         results[size] = compare(bench, size)
-    rows[:0] = overhead_rows(sizes, results)
+    rows[:0] = overhead_rows(sizes, results, alone)
     details[:0] = [*explain_overhead(*results[sizes.runs], imports), *growth_details(results)]
 
     if bench.local is not None:

@@ -213,7 +213,16 @@ def _reconcile(state: _Operator, run: dict[str, Any]) -> float | None:
     try:
         spec = api.AgentRunSpec.model_validate(run.get("spec") or {})
     except pydantic.ValidationError as error:
-        _refuse_spec(state, run, before, error)
+        problems = "; ".join(
+            f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+        )
+        _fail_now(state, run, before, "InvalidSpec", f"The spec is invalid: {problems}")
+        return None
+    try:
+        record = checkpoint.read_record(state.clients.core, namespace, name)
+    except checkpoint.CheckpointCorrupt as error:
+        # Retrying cannot repair it, and a fresh history would silently lose the run's.
+        _fail_now(state, run, before, "CheckpointCorrupt", f"The checkpoint is unreadable: {error}")
         return None
 
     seen = decisions.Observed(
@@ -222,7 +231,7 @@ def _reconcile(state: _Operator, run: dict[str, Any]) -> float | None:
         spec=spec,
         status=before,
         job=_read_job(state, namespace, before.job_name) if before.attempt else None,
-        record=checkpoint.read_record(state.clients.core, namespace, name),
+        record=record,
         now=datetime.datetime.now(datetime.UTC),
     )
     plan = decisions.decide(seen)
@@ -252,30 +261,22 @@ def _status_of(run: dict[str, Any]) -> api.AgentRunStatus:
 _STATUS_KEYS = {f.alias or n for n, f in api.AgentRunStatus.model_fields.items()}
 
 
-def _refuse_spec(
-    state: _Operator,
-    run: dict[str, Any],
-    before: api.AgentRunStatus,
-    error: pydantic.ValidationError,
+def _fail_now(
+    state: _Operator, run: dict[str, Any], before: api.AgentRunStatus, reason: str, message: str
 ) -> None:
-    """A spec the schema let through but the models refuse: fail the run, saying why."""
-    problems = "; ".join(
-        f"spec.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
-    )
-    seen_now = datetime.datetime.now(datetime.UTC)
+    """End the run Failed at once, for what no attempt can fix."""
     status = before.model_copy(deep=True)
-    status.phase, status.reason = api.Phase.FAILED, "InvalidSpec"
-    status.message = f"The spec is invalid: {problems}"
+    status.phase, status.reason, status.message = api.Phase.FAILED, reason, message
     status.conditions = decisions.set_phase_condition(
         status.conditions,
         api.Phase.FAILED,
-        "InvalidSpec",
-        status.message,
-        now=seen_now,
+        reason,
+        message,
+        now=datetime.datetime.now(datetime.UTC),
         generation=run["metadata"].get("generation", 0),
     )
     _write_status(state, run, status)
-    _post_events(state, run, (decisions.Event("Warning", "InvalidSpec", status.message),))
+    _post_events(state, run, (decisions.Event("Warning", reason, message),))
 
 
 def _read_job(state: _Operator, namespace: str, job_name: str | None) -> decisions.JobView | None:
