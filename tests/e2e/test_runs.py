@@ -357,3 +357,32 @@ def _history(control_plane: Any, kubectl: Kubectl, name: str) -> bytes | None:
 
     api_client = config.new_client_from_config(str(Path(control_plane.kubeconfig)))
     return checkpoint.load_history_bytes(client.CoreV1Api(api_client), kubectl.namespace, name)
+
+
+def test_the_operator_exports_runs_by_phase_and_tokens_by_model(
+    kubectl: Kubectl, model_server: ScriptedModelServer, model_key: str, operator: OperatorProcess
+) -> None:
+    model_server.set_script(
+        model_key,
+        [
+            {
+                "text": "counted",
+                "delay_seconds": 2,
+                "usage": {"prompt_tokens": 7, "completion_tokens": 5},
+            }
+        ],
+    )
+
+    kubectl.apply(manifest("measured", spec_for(model_key)))
+    wait_for_phase(kubectl, "measured", "Succeeded")
+
+    def tokens_exported() -> str | None:
+        text = operator.metrics()
+        return text if f'model="openai:{model_key}"' in text else None
+
+    text = eventually(tokens_exported, what="the run's tokens in the metrics")
+
+    lines = text.splitlines()
+    assert any(line.startswith('agentrun_runs{phase="Succeeded"}') for line in lines)
+    assert f'agentrun_tokens_total{{direction="output",model="openai:{model_key}"}} 5.0' in lines
+    assert any(line.startswith("agentrun_run_duration_seconds_count") for line in lines)
