@@ -117,17 +117,45 @@ def terminate_groups(pids: Iterable[int], *, grace: float) -> None:
     group even when its leader has exited, so that forked children do not linger.
     """
     groups = list(dict.fromkeys(pids))
+    # A container's processes die with it, even those that started a session of their
+    # own (the runner's shell tool does, to time commands out); remember them now, as
+    # they are reparented away from the group once its leader exits.
+    strays = descendants(groups)
     for pid in groups:
         _signal_group(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and any(alive(pid) for pid in groups):
         time.sleep(0.05)
+    strays |= descendants(groups)
     for pid in groups:
         _signal_group(pid, signal.SIGKILL)
+    for pid in strays:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
     # SIGKILL is delivered asynchronously; callers expect the processes gone on return.
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and any(alive(pid) for pid in groups):
         time.sleep(0.05)
+
+
+def descendants(roots: Iterable[int]) -> set[int]:
+    """Every live process below the given ones, found through /proc's parent links."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # The command name may hold spaces and parentheses: fields follow the last ")".
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found: set[int] = set()
+    todo = list(roots)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

@@ -200,16 +200,23 @@ def crd(kubeconfig: Path) -> Path:
     subprocess.run(
         [*run, "apply", "--server-side", "--force-conflicts", "-f", str(path)], check=True
     )
-    subprocess.run(
-        [
-            *run,
-            "wait",
-            "--for=condition=Established",
-            "crd/agentruns.agentrun.dev",
-            "--timeout=60s",
-        ],
-        check=True,
-    )
+    # Polled rather than `kubectl wait`, which gives up at once when its watch is cut
+    # on a busy API server.
+    established = '{.status.conditions[?(@.type=="Established")].status}'
+
+    def ready() -> bool:
+        got = subprocess.run(
+            [*run, "get", "crd/agentruns.agentrun.dev", "-o", f"jsonpath={established}"],
+            capture_output=True,
+            text=True,
+        )
+        return got.stdout.strip() == "True"
+
+    deadline = time.monotonic() + 120
+    while not ready():
+        if time.monotonic() > deadline:
+            raise AssertionError("the AgentRun CRD did not become Established in 120 s")
+        time.sleep(0.2)
     return path
 
 
