@@ -12,7 +12,7 @@ PYTEST_ARGS ?= -n 2
 
 .PHONY: help
 help: ## List the targets, one line each
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z0-9_-]+:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -80,5 +80,5 @@ kind-deploy: image ## Load the image into kind and helm install the chart
 	  --set image.pullPolicy=Never
 
 .PHONY: e2e-kind
-e2e-kind: install ## Run the end-to-end suite against the kind cluster with real containers
+e2e-kind: install ## The end-to-end suite against kind (unfinished: see the README)
 	AGENTRUN_E2E_KUBECONFIG=$${KUBECONFIG:-$$HOME/.kube/config} $(PY) -m pytest -m e2e $(PYTEST_ARGS)

@@ -85,7 +85,7 @@ def up(state: Path) -> None:
     chart = str(ROOT / "charts" / "agentrun-operator")
     run(str(BIN / "helm"), "upgrade", "--install", RELEASE, chart, "--namespace", OPERATOR_NS,
         "--create-namespace", "--wait", "--timeout=180s", *sets, env=env)  # fmt: skip
-    run(*kubectl, "-n", OPERATOR_NS, "get", "pods", env=env)
+    print(run(*kubectl, "-n", OPERATOR_NS, "get", "pods", env=env), flush=True)
 
     say("Applying examples/02-approval.yaml: an agent that may use the shell, with approval")
     run(*kubectl, "delete", "agentrun", RUN, "--ignore-not-found", "--wait=true", env=env)

@@ -287,7 +287,15 @@ def _read_job(state: _Operator, namespace: str, job_name: str | None) -> decisio
             job = state.clients.batch.read_namespaced_job(job_name, namespace)
     except kube.NotFound:
         return None
-    return jobs.view(state.clients.batch.api_client.sanitize_for_serialization(job))
+    view = jobs.view(state.clients.batch.api_client.sanitize_for_serialization(job))
+    if view.finished or view.suspended:
+        return view
+    with kube.translated():
+        pods = state.clients.core.list_namespaced_pod(
+            namespace, label_selector=f"job-name={job_name}"
+        )
+    body = state.clients.core.api_client.sanitize_for_serialization(pods)
+    return dataclasses.replace(view, waiting=jobs.waiting_reason(body.get("items") or []))
 
 
 def _stop_job(state: _Operator, namespace: str, job_name: str) -> None:

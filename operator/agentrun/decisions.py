@@ -33,6 +33,8 @@ class JobView:
     deleting: bool = False
     failure: str = ""
     """The Job's Failed condition, reason and message, when it failed."""
+    waiting: str = ""
+    """Why a pod of the Job cannot start (a missing Secret, an image pull), if one cannot."""
 
     @property
     def finished(self) -> bool:
@@ -128,6 +130,12 @@ def _next_step(seen: Observed, status: api.AgentRunStatus) -> Plan:
     if job.suspended and seen.spec.queue_name:
         message = f"Job {job.name} waits for Kueue to admit it from queue {seen.spec.queue_name}."
         return _transition(seen, status, api.Phase.PENDING, "Queued", message)
+    if job.waiting:
+        message = f"Attempt {status.attempt} cannot start its pod: {job.waiting}"
+        plan = _transition(seen, status, api.Phase.RUNNING, "PodWaiting", message)
+        if seen.status.reason != "PodWaiting":
+            plan = dataclasses.replace(plan, events=(Event("Warning", "PodWaiting", message),))
+        return plan
     return _transition(seen, status, api.Phase.RUNNING, "AttemptRunning", _running_message(status))
 
 
@@ -183,9 +191,8 @@ def _succeed(seen: Observed, status: api.AgentRunStatus, record: api.CheckpointR
     status.output = output[: api.MAX_OUTPUT_CHARS]
     status.completion_time = _stamp(seen.now)
     status.pending_approvals, status.pending_count = [], 0
-    message = (
-        f"The agent answered after {record.requests} model requests in attempt {status.attempt}."
-    )
+    requests = f"{record.requests} model request{'' if record.requests == 1 else 's'}"
+    message = f"The agent answered after {requests} in attempt {status.attempt}."
     return _transition(seen, status, api.Phase.SUCCEEDED, "Succeeded", message, final=True)
 
 
@@ -373,8 +380,8 @@ def set_phase_condition(
             api.Condition(
                 type=kind,
                 status=truth,
-                reason=reason if truth == "True" else (old.reason if old else reason),
-                message=message if truth == "True" else (old.message if old else ""),
+                reason=reason,
+                message=message if truth == "True" else f"The run is {phase} now.",
                 last_transition_time=_stamp(now)
                 if moved or old is None
                 else old.last_transition_time,

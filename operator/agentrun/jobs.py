@@ -12,7 +12,7 @@ from typing import Any
 
 from agentrun import api, decisions, names
 
-__all__ = ["RunnerDefaults", "build", "labels", "view"]
+__all__ = ["RunnerDefaults", "build", "labels", "view", "waiting_reason"]
 
 RUN_UID_LABEL = "agentrun.dev/run-uid"
 RUN_LABEL = "agentrun.dev/run"
@@ -209,3 +209,20 @@ def view(job: dict[str, Any]) -> decisions.JobView:
         if failed
         else "",
     )
+
+
+# Waiting reasons a pod gets over by itself; any other one is worth telling people.
+_PASSING = {"ContainerCreating", "PodInitializing"}
+
+
+def waiting_reason(pods: list[dict[str, Any]]) -> str:
+    """Why a pod of the Job cannot start, from its containers' waiting states; "" if none."""
+    for pod in pods:
+        statuses = (pod.get("status") or {}).get("containerStatuses") or []
+        for container in statuses:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            reason = waiting.get("reason", "")
+            if reason and reason not in _PASSING:
+                detail = waiting.get("message") or "no detail given"
+                return f"pod {pod['metadata']['name']}: {detail} ({reason})."
+    return ""

@@ -40,6 +40,7 @@ NAMESPACED_GRANTS = {
     *(("agentrun.dev", "agentruns/status", v) for v in ("get", "patch", "update")),
     ("agentrun.dev", "agentruns/finalizers", "update"),
     *(("batch", "jobs", v) for v in ("create", "get", "list", "watch", "delete")),
+    ("", "pods", "list"),
     *(("", "configmaps", v) for v in ("create", "get", "update", "patch")),
     *(("", "serviceaccounts", v) for v in ("create", "get")),
     *(("rbac.authorization.k8s.io", "roles", v) for v in ("create", "get")),

@@ -386,3 +386,19 @@ def test_the_operator_exports_runs_by_phase_and_tokens_by_model(
     assert any(line.startswith('agentrun_runs{phase="Succeeded"}') for line in lines)
     assert f'agentrun_tokens_total{{direction="output",model="openai:{model_key}"}} 5.0' in lines
     assert any(line.startswith("agentrun_run_duration_seconds_count") for line in lines)
+
+
+def test_a_run_whose_pod_cannot_start_says_why(
+    kubectl: Kubectl, model_server: ScriptedModelServer, model_key: str
+) -> None:
+    provider = {"baseURL": model_server.base_url, "apiKeySecretRef": {"name": "absent", "key": "k"}}
+
+    kubectl.apply(manifest("stuck", spec_for(model_key, provider=provider)))
+    run = eventually(
+        lambda: (r := kubectl.run("stuck"))["status"].get("reason") == "PodWaiting" and r,
+        what="the run to report its waiting pod",
+    )
+
+    assert run["status"]["phase"] == "Running"
+    assert "absent" in run["status"]["message"]
+    assert "PodWaiting" in [e["reason"] for e in kubectl.events("stuck")]

@@ -394,3 +394,16 @@ def test_decisions_used_by_an_earlier_pause_are_not_reported_as_stray() -> None:
 
     assert resumed.status.settled_calls == ["c1"]
     assert all(e.type == "Normal" for e in [*resumed.events, *later.events])
+
+
+def test_a_pod_that_cannot_start_is_named_in_status_with_one_warning() -> None:
+    job = decisions.JobView(name="demo-1", waiting="pod demo-1-x: secret 'key' not found.")
+
+    first = decisions.decide(observed(status=running(), job=job))
+    again = decisions.decide(observed(status=api.dump(first.status), job=job))
+
+    assert first.status.phase == api.Phase.RUNNING
+    assert first.status.reason == "PodWaiting"
+    assert first.status.message is not None and "secret 'key' not found" in first.status.message
+    assert [(e.type, e.reason) for e in first.events] == [("Warning", "PodWaiting")]
+    assert again.events == ()

@@ -129,6 +129,10 @@ not hold (RBAC escalation prevention).
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["create", "get", "list", "watch", "delete"]
+# A run's pods, read to say why one cannot start (a missing Secret, an image pull).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
 # The checkpoint: the operator claims it for each attempt (fencing) and reads it.
 - apiGroups: [""]
   resources: ["configmaps"]
