@@ -43,7 +43,8 @@ crds: install ## Generate the CRD from the API models into crds/ and the chart
 lint: install ## ruff, mypy strict, import-linter contracts, helm lint, hadolint
 	$(VENV)/bin/ruff check operator tests hack
 	$(VENV)/bin/ruff format --check operator tests hack
-	MYPYPATH=operator $(VENV)/bin/mypy
+	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy --strict tests hack/localcluster hack/demo.py hack/bench.py
 	$(VENV)/bin/lint-imports
 	@if [ -x bin/helm ]; then bin/helm lint --strict charts/agentrun-operator; else echo "helm lint skipped: run make control-plane first"; exit 1; fi
 	$(VENV)/bin/hadolint Dockerfile

@@ -169,7 +169,7 @@ def _follow(kubectl: list[str], env: dict[str, str], *, until: set[str]) -> str:
             print(f"    phase: {phase:<17} {status.get('message', '')}", flush=True)
             seen = phase
         if phase in until:
-            return phase
+            return str(phase)
         time.sleep(0.5)
     sys.exit(f"demo: the run did not reach {sorted(until)} in 5 minutes")
 

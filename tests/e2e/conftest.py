@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -140,13 +140,14 @@ def model_key(request: pytest.FixtureRequest) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower())[:60]
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()
-    if report.when != "call" or not report.failed:
-        return
-    process = item.funcargs.get("operator") if hasattr(item, "funcargs") else None
-    if isinstance(process, OperatorProcess) and process.log.exists():
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    process = getattr(item, "funcargs", {}).get("operator")
+    failed_with_operator = report.when == "call" and report.failed
+    if failed_with_operator and isinstance(process, OperatorProcess) and process.log.exists():
         tail = process.log.read_text(errors="replace").splitlines()[-80:]
         report.sections.append(("operator log (last 80 lines)", "\n".join(tail)))
+    return report

@@ -355,7 +355,7 @@ def _history(control_plane: Any, kubectl: Kubectl, name: str) -> bytes | None:
 
     from agentrun import checkpoint
 
-    api_client = config.new_client_from_config(str(Path(control_plane.kubeconfig)))
+    api_client = config.new_client_from_config(str(Path(control_plane.kubeconfig)))  # type: ignore[no-untyped-call]
     return checkpoint.load_history_bytes(client.CoreV1Api(api_client), kubectl.namespace, name)
 
 

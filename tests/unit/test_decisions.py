@@ -73,7 +73,7 @@ def test_a_queued_run_starts_pending_until_kueue_admits_its_job() -> None:
 
 
 def test_a_running_job_keeps_the_run_running_and_copies_progress() -> None:
-    record = api.CheckpointRecord(attempt=1, requests=2, usage=api.Usage(totalTokens=30))
+    record = api.CheckpointRecord(attempt=1, requests=2, usage=api.Usage(total_tokens=30))
 
     plan = decisions.decide(
         observed(status=running(), job=decisions.JobView(name="demo-1"), record=record)
@@ -222,10 +222,10 @@ def test_a_job_that_failed_without_a_runner_account_names_the_job() -> None:
 
 def test_a_paused_attempt_awaits_decisions_and_lists_pending_calls() -> None:
     pending = api.PendingCall(
-        toolCallId="c1",
-        toolName="shell",
+        tool_call_id="c1",
+        tool_name="shell",
         arguments='{"command": "ls"}',
-        requestedAt="2026-12-03T11:59:00Z",
+        requested_at="2026-12-03T11:59:00Z",
     )
     record = api.CheckpointRecord(attempt=1, outcome=api.Outcome.PAUSED, pending=[pending])
 
@@ -244,7 +244,7 @@ def test_a_paused_attempt_awaits_decisions_and_lists_pending_calls() -> None:
 
 def paused_with(*ids: str) -> api.CheckpointRecord:
     calls = [
-        api.PendingCall(toolCallId=i, toolName="shell", requestedAt="2026-12-03T11:59:00Z")
+        api.PendingCall(tool_call_id=i, tool_name="shell", requested_at="2026-12-03T11:59:00Z")
         for i in ids
     ]
     return api.CheckpointRecord(attempt=1, outcome=api.Outcome.PAUSED, pending=calls)
