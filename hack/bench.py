@@ -58,13 +58,12 @@ from kubernetes.client.exceptions import ApiException  # noqa: E402
 from tests.runner import bench as runner_bench  # noqa: E402
 from tests.runner.conftest import Runners  # noqa: E402
 
-from agentrun import api, checkpoint, kube, segments  # noqa: E402
+from agentrun import api, checkpoint, jobs, kube, segments  # noqa: E402
 from agentrun.modelserver import ScriptedModelServer  # noqa: E402
 from localcluster import cluster as localcluster  # noqa: E402
 
 KUBECTL = ROOT / "bin" / "kubectl"
 VENV_BIN = Path(sys.executable).parent
-RUN_LABEL = "agentrun.dev/run"
 
 AGENTRUNS, JOBS = "AgentRuns", "bare Jobs"
 # Milestones of a run seen by the watches: its Job exists; the operator has taken it up
@@ -119,7 +118,7 @@ class BenchError(RuntimeError):
     """A measurement could not be taken; the message says which and why."""
 
 
-# --- sizes and results ------------------------------------------------------------------
+# --- sizes and results ----------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,7 +170,7 @@ def verdict(met: bool | None) -> str:
     return {True: "meets", False: "MISSES", None: ""}[met]
 
 
-# --- reading processes --------------------------------------------------------------------
+# --- reading processes ----------------------------------------------------------------------------
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -215,7 +214,7 @@ def memory_field(path: str, field: str) -> int:
     return int(found.group(1))
 
 
-# --- the scripted model ---------------------------------------------------------------------
+# --- the scripted model ---------------------------------------------------------------------------
 
 
 class Model(Protocol):
@@ -245,7 +244,7 @@ class RemoteModel:
             pass
 
 
-# --- the operator ---------------------------------------------------------------------------
+# --- the operator ---------------------------------------------------------------------------------
 
 
 def free_port() -> int:
@@ -310,7 +309,7 @@ def _answers(url: str) -> bool:
         return False
 
 
-# --- the cluster and what runs on it ---------------------------------------------------------
+# --- the cluster and what runs on it --------------------------------------------------------------
 
 
 class Bench:
@@ -368,12 +367,17 @@ class Bench:
         self.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
         try:
             yield name
-        finally:
-            self.delete_namespace(name)
+        except BaseException:
+            # Interrupted or failed: no later batch needs the cluster quiet.
+            self.delete_namespace(name, wait=False)
+            raise
+        self.delete_namespace(name)
 
-    def delete_namespace(self, name: str, *, timeout: float = 900) -> None:
+    def delete_namespace(self, name: str, *, wait: bool = True, timeout: float = 900) -> None:
         with contextlib.suppress(ApiException):
             self.core.delete_namespace(name)
+        if not wait:
+            return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
@@ -405,14 +409,19 @@ def install_crd(kubeconfig: Path) -> None:
         capture_output=True,
     )
     # Discovery of a new resource lags a moment behind Established.
-    for _ in range(120):
-        if subprocess.run([*kubectl, "get", "agentruns"], capture_output=True).returncode == 0:
-            return
+    wait_for_agentruns(kubeconfig, timeout=60)
+
+
+def wait_for_agentruns(kubeconfig: Path, *, timeout: float) -> None:
+    kubectl = [str(KUBECTL), "--kubeconfig", str(kubeconfig), "get", "agentruns", "-A"]
+    deadline = time.monotonic() + timeout
+    while subprocess.run(kubectl, capture_output=True).returncode != 0:
+        if time.monotonic() > deadline:
+            raise BenchError("The cluster serves no AgentRuns: install the chart (its CRD) first.")
         time.sleep(0.5)
-    raise BenchError("The AgentRun resource never showed up in discovery.")
 
 
-# --- watching ---------------------------------------------------------------------------------
+# --- watching -------------------------------------------------------------------------------------
 
 
 class Watch:
@@ -585,7 +594,7 @@ class Progress:
             return max(reached.values())
 
 
-# --- one batch --------------------------------------------------------------------------------
+# --- one batch ------------------------------------------------------------------------------------
 
 
 def agentrun_manifest(name: str, *, key: str, base_url: str, queued: bool) -> dict[str, Any]:
@@ -636,8 +645,44 @@ def create_all(create: Callable[[str], object], names: Sequence[str]) -> dict[st
         create(name)
         return name, time.monotonic()
 
-    with concurrent.futures.ThreadPoolExecutor(CREATORS) as pool:
+    pool = concurrent.futures.ThreadPoolExecutor(CREATORS)
+    try:
         return dict(pool.map(one, names))
+    finally:
+        # Interrupted, no create may land once the namespace's deletion has begun: one
+        # that slips past admission would wait for the namespace controller's resync.
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+class Observer:
+    """Turns the watches' events into a batch's milestones, and feeds the gate."""
+
+    def __init__(self, kind: str, progress: Progress, gate: Gate | None) -> None:
+        self._kind, self._progress, self._gate = kind, progress, gate
+
+    def job(self, job: dict[str, Any], seen: float) -> None:
+        name = job["metadata"]["name"]
+        if self._kind == AGENTRUNS:
+            run = (job["metadata"].get("labels") or {}).get(jobs.RUN_LABEL)
+            if run is not None:
+                self._progress.mark(JOB, run, seen)
+        else:
+            self._progress.mark(JOB, name, seen)
+            if outcome := job_outcome(job):
+                failure = None if outcome == "Complete" else outcome
+                self._progress.finish(name, seen, failure=failure)
+        if self._gate is not None:
+            self._gate.offer(job)
+
+    def run(self, run: dict[str, Any], seen: float) -> None:
+        name, status = run["metadata"]["name"], run.get("status") or {}
+        if run["metadata"].get("finalizers"):
+            self._progress.mark(PICKUP, name, seen)
+        if status.get("phase") == "Succeeded":
+            self._progress.finish(name, seen)
+        elif status.get("phase") == "Failed":
+            why = f"{status.get('reason')}: {status.get('message')}"
+            self._progress.finish(name, seen, failure=why)
 
 
 def measure(
@@ -657,33 +702,11 @@ def measure(
     limit = 0 if hold else bench.max_pods
     gate = Gate(bench.batch, namespace, limit) if hold or limit else None
 
-    def on_job(job: dict[str, Any], seen: float) -> None:
-        if kind == AGENTRUNS:
-            run = (job["metadata"].get("labels") or {}).get(RUN_LABEL)
-            if run is not None:
-                progress.mark(JOB, run, seen)
-        else:
-            name = job["metadata"]["name"]
-            progress.mark(JOB, name, seen)
-            if outcome := job_outcome(job):
-                progress.finish(name, seen, failure=None if outcome == "Complete" else outcome)
-        if gate is not None:
-            gate.offer(job)
-
-    def on_run(run: dict[str, Any], seen: float) -> None:
-        if run["metadata"].get("finalizers"):
-            progress.mark(PICKUP, run["metadata"]["name"], seen)
-        status = run.get("status") or {}
-        if status.get("phase") == "Succeeded":
-            progress.finish(run["metadata"]["name"], seen)
-        elif status.get("phase") == "Failed":
-            why = f"{status.get('reason')}: {status.get('message')}"
-            progress.finish(run["metadata"]["name"], seen, failure=why)
-
-    watches = [Watch(_lister(bench.batch.list_namespaced_job, namespace), on_job)]
+    observe = Observer(kind, progress, gate)
+    watches = [Watch(_lister(bench.batch.list_namespaced_job, namespace), observe.job)]
     if kind == AGENTRUNS:
         runs = _lister(bench.custom.list_namespaced_custom_object, namespace, custom=True)
-        watches.append(Watch(runs, on_run))
+        watches.append(Watch(runs, observe.run))
         create = _run_creator(bench, namespace, key=key, queued=gate is not None)
     else:
         create = _job_creator(bench, namespace, key=key, suspended=gate is not None)
@@ -752,7 +775,7 @@ def checkpoint_writes(logs: Sequence[str]) -> tuple[float, float] | None:
     return requests, statistics.mean(int(match.group(2)) for match in found)
 
 
-# --- figures 1, 2 and 6: overhead, latency, growth ---------------------------------------------
+# --- figures 1, 2 and 6: overhead, latency, growth ------------------------------------------------
 
 
 def compare(bench: Bench, size: int) -> tuple[Batch, Batch]:
@@ -889,7 +912,7 @@ def explain_overhead(bare: Batch, runs: Batch, imports: Imports | None) -> list[
     return lines
 
 
-# --- figure 4: the operator's footprint --------------------------------------------------------
+# --- figure 4: the operator's footprint -----------------------------------------------------------
 
 
 def footprint(bench: Bench, sizes: Sizes) -> list[Row]:
@@ -897,8 +920,10 @@ def footprint(bench: Bench, sizes: Sizes) -> list[Row]:
     resident set, and its CPU per run."""
     operator = bench.operator
     assert operator is not None
+    # A fresh process: VmHWM is the peak over a process's whole life.
     operator.stop()
     operator.start()
+    # Batches of at most the pods allowed at once: created together, they all run at once.
     batch = sizes.max_pods or 50
     total = sizes.operator_runs
     with bench.namespace("bench-operator") as namespace:
@@ -922,7 +947,7 @@ def footprint(bench: Bench, sizes: Sizes) -> list[Row]:
     ]
 
 
-# --- figures 3 and 5: the runner, through tests/runner/bench.py ---------------------------------
+# --- figures 3 and 5: the runner, through tests/runner/bench.py -----------------------------------
 
 
 def runner_figures(bench: Bench, sizes: Sizes) -> tuple[list[Row], list[str], Imports]:
@@ -987,6 +1012,7 @@ def naive_rewrite(bench: Bench, namespace: str, run: str) -> float:
     history, rewritten = b"", 0
     for raw in appended:
         history += raw
+        # At the checkpoint's own compression level.
         rewritten += len(zlib.compress(history, segments._LEVEL))
     return rewritten / record.bytes
 
@@ -1093,7 +1119,7 @@ def _importtime() -> dict[str, float]:
     return totals
 
 
-# --- output ----------------------------------------------------------------------------------
+# --- output ---------------------------------------------------------------------------------------
 
 
 def say(text: str) -> None:
@@ -1116,7 +1142,7 @@ def table(rows: Sequence[Row]) -> list[str]:
     return [line(header), rule, *(line(row) for row in rows)]
 
 
-# --- the program --------------------------------------------------------------------------------
+# --- the program ----------------------------------------------------------------------------------
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Sizes]:
@@ -1164,6 +1190,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Sizes]:
 def environment(args: argparse.Namespace, sizes: Sizes) -> Iterator[Bench]:
     """The cluster, the model and (on our own cluster) the operator, stopped on exit."""
     if args.kubeconfig:
+        wait_for_agentruns(args.kubeconfig, timeout=10)
         remote = RemoteModel(args.model_url, args.model_admin_url or args.model_url)
         yield Bench(args.kubeconfig, remote, image=args.image, max_pods=sizes.max_pods)
         return
@@ -1230,6 +1257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchError as error:
         say(f"The benchmark stopped: {error}")
         return 1
+    except KeyboardInterrupt:
+        say("Interrupted; everything this run started is stopped.")
+        return 130
     print(f"agentrun-operator benchmark, {datetime.now():%Y-%m-%d %H:%M}")
     print(*machine, sep="\n")
     print(
