@@ -85,7 +85,7 @@ def decide(seen: Observed) -> Plan:
 
 
 def _next_step(seen: Observed, status: api.AgentRunStatus) -> Plan:
-
+    """The plan for a run that is not final yet; `status` is the copy to change."""
     _copy_progress(status, seen.record)
     job, record = seen.job, _current_record(seen)
     if job is not None and job.deleting and not job.succeeded:
