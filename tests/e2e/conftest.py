@@ -96,26 +96,6 @@ class OperatorProcess:
 
 
 @pytest.fixture(scope="session")
-def crd(control_plane: Any) -> Path:
-    admin = Kubectl(control_plane.kubeconfig, "default")
-    admin("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
-    # Polled rather than `kubectl wait`, which gives up when its watch is cut on a busy
-    # API server; discovery of the new resource follows Established by a moment.
-    deadline = time.monotonic() + 120
-    while admin("get", "agentruns", check=False).returncode != 0:
-        if time.monotonic() > deadline:
-            raise AssertionError("the AgentRun CRD was not served within 120 s")
-        time.sleep(0.5)
-    return CRD
-
-
-@pytest.fixture(scope="session")
-def model_server() -> Iterator[ScriptedModelServer]:
-    with ScriptedModelServer() as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
 def operator(
     control_plane: Any,
     crd: Path,

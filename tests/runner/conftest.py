@@ -193,39 +193,6 @@ def eventually(check: Callable[[], T | None], *, timeout: float = 60, what: str 
         time.sleep(0.1)
 
 
-@pytest.fixture(scope="session")
-def crd(kubeconfig: Path) -> Path:
-    path = ROOT / "crds"
-    run = [str(KUBECTL), "--kubeconfig", str(kubeconfig)]
-    subprocess.run(
-        [*run, "apply", "--server-side", "--force-conflicts", "-f", str(path)], check=True
-    )
-    # Polled rather than `kubectl wait`, which gives up at once when its watch is cut
-    # on a busy API server.
-    established = '{.status.conditions[?(@.type=="Established")].status}'
-
-    def ready() -> bool:
-        got = subprocess.run(
-            [*run, "get", "crd/agentruns.agentrun.dev", "-o", f"jsonpath={established}"],
-            capture_output=True,
-            text=True,
-        )
-        return got.stdout.strip() == "True"
-
-    deadline = time.monotonic() + 120
-    while not ready():
-        if time.monotonic() > deadline:
-            raise AssertionError("the AgentRun CRD did not become Established in 120 s")
-        time.sleep(0.2)
-    return path
-
-
-@pytest.fixture(scope="session")
-def model_server() -> Iterator[ScriptedModelServer]:
-    with ScriptedModelServer() as server:
-        yield server
-
-
 @pytest.fixture
 def runners(
     api_client: Any,
