@@ -1,5 +1,6 @@
 """Session fixtures that both the runner and the end-to-end tests stand on: the AgentRun
-CRD installed in the session's control plane, and one scripted model server."""
+CRD installed in the session's cluster, and one scripted model server that its pods
+reach (see tests.cluster_fixtures.Target)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from agentrun.modelserver import ScriptedModelServer
+from tests.cluster_fixtures import TARGET
 
 ROOT = Path(__file__).resolve().parents[1]
 CRD = ROOT / "crds" / "agentrun.dev_agentruns.yaml"
@@ -36,5 +38,5 @@ def crd(control_plane: Any) -> Path:
 
 @pytest.fixture(scope="session")
 def model_server() -> Iterator[ScriptedModelServer]:
-    with ScriptedModelServer() as server:
+    with ScriptedModelServer(host=TARGET.bind, public_host=TARGET.host) as server:
         yield server

@@ -5,10 +5,15 @@ loopback ports in a temporary state directory (each pytest-xdist worker starts i
 and stops at the session's end. Missing binaries are built first with
 hack/build-control-plane.sh: tests never skip for want of a control plane.
 
+With AGENTRUN_E2E_KUBECONFIG set, the end-to-end tests run against that cluster instead
+(kind, with real containers; `make e2e-kind`), and no local control plane starts; see
+Target. Only tests marked e2e may run that way.
+
 Fixtures:
     control_plane  session: the running localcluster.cluster.Cluster, with .server (the
                    apiserver's URL), .ca_file, .kubeconfig, .state_dir, .logs_dir,
-                   .pods_dir and .node_name; start the operator under test with these
+                   .pods_dir and .node_name; start the operator under test with these.
+                   Against an external cluster, an ExternalCluster with .kubeconfig only
     kubeconfig     session: Path of the admin kubeconfig (system:masters)
     api_client     session: a kubernetes.client.ApiClient for the admin
     namespace      function: a fresh namespace named after the test, deleted afterwards
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import re
 import secrets
 import subprocess
@@ -44,8 +50,11 @@ from localcluster import cluster as localcluster  # noqa: E402
 
 __all__ = [
     "KUBECTL",
+    "TARGET",
+    "ExternalCluster",
     "Kubectl",
     "KubectlError",
+    "Target",
     "api_client",
     "control_plane",
     "kubeconfig",
@@ -57,6 +66,51 @@ __all__ = [
 KUBECTL = localcluster.BIN_DIR / "kubectl"
 _BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
 _LOG_LINES = 40
+
+
+@dataclass(frozen=True)
+class Target:
+    """The cluster the tests run against, and how its pods reach servers in this process.
+
+    Locally, pods are processes of this host (the process-kubelet), so a server on
+    loopback serves them and images are ignored. Against an external cluster (kind),
+    servers listen on every interface and pods reach them at `host`, the address of this
+    machine on the nodes' network, and pods run `image`, the project's image.
+    """
+
+    kubeconfig: Path | None
+    host: str
+    image: str
+
+    @classmethod
+    def from_environment(cls) -> Target:
+        kubeconfig = os.environ.get("AGENTRUN_E2E_KUBECONFIG")
+        if not kubeconfig:
+            return cls(kubeconfig=None, host="127.0.0.1", image="python")
+        return cls(
+            kubeconfig=Path(kubeconfig).expanduser(),
+            host=os.environ.get("AGENTRUN_E2E_HOST", ""),
+            image=os.environ.get("AGENTRUN_E2E_IMAGE", "agentrun-operator:dev"),
+        )
+
+    @property
+    def external(self) -> bool:
+        return self.kubeconfig is not None
+
+    @property
+    def bind(self) -> str:
+        """The address servers in this process listen on."""
+        return "0.0.0.0" if self.external else "127.0.0.1"
+
+
+TARGET = Target.from_environment()
+
+
+@dataclass(frozen=True)
+class ExternalCluster:
+    """A cluster this session did not start: only its kubeconfig is known."""
+
+    kubeconfig: Path
 
 
 class KubectlError(AssertionError):
@@ -121,8 +175,31 @@ def wait_until(
         time.sleep(interval)
 
 
+@pytest.hookimpl(trylast=True)  # after -m has deselected
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not TARGET.external:
+        return
+    if not TARGET.host:
+        raise pytest.UsageError(
+            "AGENTRUN_E2E_KUBECONFIG needs AGENTRUN_E2E_HOST: this machine's address as the "
+            "cluster's pods reach it (for kind, the gateway of Docker's `kind` network)."
+        )
+    local_only = [item.nodeid for item in items if not item.get_closest_marker("e2e")]
+    if local_only:
+        raise pytest.UsageError(
+            "AGENTRUN_E2E_KUBECONFIG runs only the end-to-end tests (-m e2e); "
+            f"{len(local_only)} collected tests need the local control plane, "
+            f"{local_only[0]} first."
+        )
+
+
 @pytest.fixture(scope="session")
-def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[localcluster.Cluster]:
+def control_plane(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[localcluster.Cluster | ExternalCluster]:
+    if TARGET.kubeconfig is not None:
+        yield ExternalCluster(TARGET.kubeconfig)
+        return
     _ensure_binaries()
     state = tmp_path_factory.mktemp("localcluster")
     # Tied to this process: a session killed without teardown leaves no cluster behind.
@@ -134,7 +211,7 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[localclu
 
 
 @pytest.fixture(scope="session")
-def kubeconfig(control_plane: localcluster.Cluster) -> Path:
+def kubeconfig(control_plane: localcluster.Cluster | ExternalCluster) -> Path:
     return control_plane.kubeconfig
 
 

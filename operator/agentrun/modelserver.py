@@ -54,6 +54,7 @@ import argparse
 import asyncio
 import collections
 import copy
+import hashlib
 import json
 import logging
 import os
@@ -350,13 +351,18 @@ async def _chat_completions(request: Request) -> Response:
 def _record(
     request: Request, *, body: Any, key: str | None, turn_index: int | None, outcome: Outcome
 ) -> None:
-    """Record the request and log its line; of the Authorization header, only its presence."""
+    """Record the request and log its line. Of the Authorization header, only its presence
+    and a digest of the key are kept: tests compare keys without the record holding one."""
+    authorization = request.headers.get("authorization", "")
     entry = {
         "time": datetime.now(UTC).isoformat(),
         "model": key,
         "turn": turn_index,
         "status": outcome.status,
-        "api_key_sent": "authorization" in request.headers,
+        "api_key_sent": bool(authorization),
+        "api_key_sha256": hashlib.sha256(authorization.removeprefix("Bearer ").encode()).hexdigest()
+        if authorization
+        else None,
         "body": body,
     }
     _book(request).record(entry)
@@ -503,8 +509,9 @@ def _listen(host: str, port: int) -> socket.socket:
     return socket.create_server((host, port), family=family)
 
 
-def _base_url(sock: socket.socket) -> str:
+def _base_url(sock: socket.socket, public_host: str | None = None) -> str:
     host, port = sock.getsockname()[:2]
+    host = public_host or host
     return f"http://[{host}]:{port}/v1" if ":" in host else f"http://{host}:{port}/v1"
 
 
@@ -530,11 +537,15 @@ class ScriptedModelServer:
         scripts: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
         *,
         host: str = "127.0.0.1",
+        public_host: str | None = None,
     ) -> None:
+        """Listen on `host`; base_url names `public_host` instead where clients reach the
+        server by another address, as pods of a kind cluster do when host is 0.0.0.0."""
         self.book = ScriptBook()
         for key, turns in (scripts or {}).items():
             self.set_script(key, turns)
         self._host = host
+        self._public_host = public_host
         self._socket: socket.socket | None = None
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -544,7 +555,7 @@ class ScriptedModelServer:
         """The OpenAI base URL, ending in /v1; known once the server is started."""
         if self._socket is None:
             raise RuntimeError("The model server is not started: use it in a `with` block.")
-        return _base_url(self._socket)
+        return _base_url(self._socket, self._public_host)
 
     def set_script(self, key: str, turns: Sequence[Mapping[str, Any]]) -> None:
         """Replace the script `key` (turns in their YAML/JSON form), resetting its errors."""

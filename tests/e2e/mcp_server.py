@@ -1,4 +1,6 @@
-"""A real MCP server (the `mcp` SDK, streamable HTTP) on loopback, for the MCP tests.
+"""A real MCP server (the `mcp` SDK, streamable HTTP) that runs' pods reach, for the MCP
+tests: on loopback locally, on the nodes' network against kind (tests.cluster_fixtures.
+Target).
 
 Its tools record every call in `calls`, so that tests can tell how often each ran.
 """
@@ -13,8 +15,10 @@ from types import TracebackType
 import uvicorn
 from mcp.server import MCPServer
 
+from tests.cluster_fixtures import TARGET
 
-class LoopbackMcpServer:
+
+class CalculatorMcpServer:
     """`add` adds two numbers; `wipe` pretends to delete a folder (a gated tool)."""
 
     def __init__(self) -> None:
@@ -35,18 +39,18 @@ class LoopbackMcpServer:
             return f"wiped {folder}"
 
         with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
+            sock.bind((TARGET.bind, 0))
             self.port: int = sock.getsockname()[1]
         app = server.streamable_http_app(stateless_http=True, json_response=True)
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        config = uvicorn.Config(app, host=TARGET.bind, port=self.port, log_level="warning")
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/mcp"
+        return f"http://{TARGET.host}:{self.port}/mcp"
 
-    def __enter__(self) -> LoopbackMcpServer:
+    def __enter__(self) -> CalculatorMcpServer:
         self._thread.start()
         deadline = time.monotonic() + 20
         while not self._server.started:

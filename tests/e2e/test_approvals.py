@@ -5,19 +5,17 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
 from agentrun.modelserver import ScriptedModelServer
-from tests.e2e.mcp_server import LoopbackMcpServer
+from tests.e2e.marks import MarkServer
+from tests.e2e.mcp_server import CalculatorMcpServer
 from tests.e2e.runs import ROOT, Kubectl, eventually, manifest, wait_for_phase
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("operator")]
-
-# Pods run as processes on this host, so a shell command can leave a mark the test reads.
 
 
 def gated_spec(key: str, **extra: Any) -> dict[str, Any]:
@@ -51,15 +49,15 @@ def last_request(server: ScriptedModelServer, key: str) -> dict[str, Any]:
 
 
 def test_a_gated_call_waits_while_the_others_run_then_runs_once_when_approved(
-    kubectl: Kubectl, model_server: ScriptedModelServer, model_key: str, tmp_path: Path
+    kubectl: Kubectl, model_server: ScriptedModelServer, model_key: str, marks: MarkServer
 ) -> None:
-    counter = tmp_path / "shell-ran"
+    mark = f"{model_key}-ran"
     model_server.set_script(
         model_key,
         [
             {
                 "tool_calls": [
-                    shell_call(f"echo ran >> {counter}", "call-shell"),
+                    shell_call(marks.command(mark), "call-shell"),
                     {"id": "call-read", "name": "read_file", "arguments": {"path": "missing.txt"}},
                 ]
             },
@@ -70,7 +68,7 @@ def test_a_gated_call_waits_while_the_others_run_then_runs_once_when_approved(
     kubectl.apply(manifest("gated", gated_spec(model_key)))
     paused = wait_for_phase(kubectl, "gated", "AwaitingApproval")
     wide = kubectl("get", "agentrun", "gated", "-o", "wide").stdout.splitlines()
-    ran_before = counter.exists()
+    ran_before = marks.count(mark)
     decide(kubectl, "gated", "call-shell", "Approve", approver="admin")
     run = wait_for_phase(kubectl, "gated", "Succeeded")
 
@@ -78,8 +76,8 @@ def test_a_gated_call_waits_while_the_others_run_then_runs_once_when_approved(
     assert [p["toolCallId"] for p in paused["status"]["pendingApprovals"]] == ["call-shell"]
     assert wide[1].split()[-1] == "1"
     assert wide[0].split()[-1] == "PENDING"
-    assert ran_before is False
-    assert counter.read_text() == "ran\n"
+    assert ran_before == 0
+    assert marks.count(mark) == 1
     assert set(final_results) == {"call-shell", "call-read"}
     assert run["status"]["output"] == "All done."
     assert run["status"]["attempt"] == 2
@@ -87,12 +85,12 @@ def test_a_gated_call_waits_while_the_others_run_then_runs_once_when_approved(
 
 
 def test_a_denied_call_reaches_the_model_with_its_reason(
-    kubectl: Kubectl, model_server: ScriptedModelServer, model_key: str, tmp_path: Path
+    kubectl: Kubectl, model_server: ScriptedModelServer, model_key: str, marks: MarkServer
 ) -> None:
-    mark = tmp_path / "should-not-exist"
+    mark = f"{model_key}-denied"
     model_server.set_script(
         model_key,
-        [{"tool_calls": [shell_call(f"touch {mark}", "call-1")]}, {"text": "Understood."}],
+        [{"tool_calls": [shell_call(marks.command(mark), "call-1")]}, {"text": "Understood."}],
     )
 
     kubectl.apply(manifest("denied", gated_spec(model_key)))
@@ -102,24 +100,26 @@ def test_a_denied_call_reaches_the_model_with_its_reason(
 
     result = tool_results(last_request(model_server, model_key))["call-1"]
     assert "not on a Friday" in result
-    assert not mark.exists()
+    assert marks.count(mark) == 0
 
 
 def test_an_approval_with_arguments_runs_the_tool_with_them(
-    kubectl: Kubectl, model_server: ScriptedModelServer, model_key: str, tmp_path: Path
+    kubectl: Kubectl, model_server: ScriptedModelServer, model_key: str, marks: MarkServer
 ) -> None:
-    proposed, replaced = tmp_path / "proposed", tmp_path / "replaced"
+    proposed, replaced = f"{model_key}-proposed", f"{model_key}-replaced"
     model_server.set_script(
-        model_key, [{"tool_calls": [shell_call(f"touch {proposed}", "call-1")]}, {"text": "ok"}]
+        model_key,
+        [{"tool_calls": [shell_call(marks.command(proposed), "call-1")]}, {"text": "ok"}],
     )
 
     kubectl.apply(manifest("edited", gated_spec(model_key)))
     wait_for_phase(kubectl, "edited", "AwaitingApproval")
-    decide(kubectl, "edited", "call-1", "Approve", arguments={"command": f"touch {replaced}"})
+    edited = {"command": marks.command(replaced)}
+    decide(kubectl, "edited", "call-1", "Approve", arguments=edited)
     wait_for_phase(kubectl, "edited", "Succeeded")
 
-    assert replaced.exists()
-    assert not proposed.exists()
+    assert marks.count(replaced) == 1
+    assert marks.count(proposed) == 0
 
 
 def test_a_run_resumes_only_once_every_pending_call_is_decided(
@@ -251,7 +251,7 @@ def test_the_approver_policy_refuses_a_forged_approver(
 def test_an_mcp_tool_runs_and_a_gated_one_waits_for_approval(
     kubectl: Kubectl, model_server: ScriptedModelServer, model_key: str
 ) -> None:
-    with LoopbackMcpServer() as mcp:
+    with CalculatorMcpServer() as mcp:
         model_server.set_script(
             model_key,
             [

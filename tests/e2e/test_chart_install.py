@@ -12,13 +12,11 @@ import pytest
 import yaml
 
 from agentrun.modelserver import ScriptedModelServer
-from tests.e2e.conftest import OperatorProcess
+from tests.cluster_fixtures import TARGET
+from tests.e2e.conftest import CHART, HELM, Operator
 from tests.e2e.runs import ROOT, Kubectl, eventually, wait_for_phase
 
 pytestmark = pytest.mark.e2e
-
-HELM = ROOT / "bin" / "helm"
-CHART = ROOT / "charts" / "agentrun-operator"
 
 
 def _free_port() -> int:
@@ -41,9 +39,9 @@ def helm(kubeconfig: Path, *args: str, check: bool = True) -> subprocess.Complet
 
 
 @pytest.fixture
-def host_operator_paused(operator: OperatorProcess) -> Iterator[None]:
-    """The session's host operator steps aside, so that the chart's operator alone
-    serves runs while the test lasts."""
+def session_operator_paused(operator: Operator) -> Iterator[None]:
+    """The session's operator steps aside, so that this test's release alone serves runs
+    while the test lasts."""
     operator.stop()
     yield
     operator.start()
@@ -64,6 +62,9 @@ def release(
         f"--set=health.port={_free_port()}",
         "--set=fullnameOverride=" + name,
     ]
+    if TARGET.external:
+        repository, _, tag = TARGET.image.rpartition(":")
+        values += [f"--set=image.repository={repository}", f"--set=image.tag={tag}"]
     yield [name, *values]
     helm(
         control_plane.kubeconfig, "uninstall", name, "-n", kubectl.namespace, "--wait", check=False
@@ -79,7 +80,7 @@ def test_the_chart_operator_runs_as_a_pod_and_an_example_succeeds(
     control_plane: Any,
     kubectl: Kubectl,
     model_server: ScriptedModelServer,
-    host_operator_paused: None,
+    session_operator_paused: None,
     release: list[str],
     scope: str,
 ) -> None:
@@ -129,13 +130,3 @@ def test_an_unknown_value_key_fails_the_install_with_the_schemas_message(
     assert result.returncode != 0
     assert "replicaCuont" in result.stderr
     assert "additional properties" in result.stderr
-
-
-def test_the_example_manifests_are_valid_agentruns(kubectl: Kubectl) -> None:
-    for example in sorted((ROOT / "examples").glob("*.yaml")):
-        docs = [d for d in yaml.safe_load_all(example.read_text()) if d]
-
-        applied = kubectl("apply", "--dry-run=server", "-f", str(example), check=False)
-
-        assert applied.returncode == 0, f"{example.name}: {applied.stderr}"
-        assert any(d["kind"] == "AgentRun" for d in docs), example.name

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from agentrun.modelserver import ScriptedModelServer
-from tests.e2e.conftest import OperatorProcess
+from tests.cluster_fixtures import TARGET
+from tests.e2e.conftest import Operator
 from tests.e2e.runs import ROOT, Kubectl, eventually, manifest, wait_for_phase
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("operator")]
@@ -226,7 +227,7 @@ def test_a_queued_run_waits_for_kueue_to_admit_its_job(
 
 
 def test_a_run_that_finishes_while_the_operator_is_down_succeeds_without_a_new_attempt(
-    kubectl: Kubectl, model_server: ScriptedModelServer, model_key: str, operator: OperatorProcess
+    kubectl: Kubectl, model_server: ScriptedModelServer, model_key: str, operator: Operator
 ) -> None:
     model_server.set_script(model_key, [{"text": "finished alone", "delay_seconds": 3}])
     kubectl.apply(manifest("unattended", spec_for(model_key)))
@@ -282,7 +283,7 @@ def test_a_runs_service_account_cannot_read_another_runs_checkpoint(
 
 
 def test_the_api_key_appears_in_no_status_configmap_event_or_log(
-    kubectl: Kubectl, model_server: ScriptedModelServer, model_key: str, operator: OperatorProcess
+    kubectl: Kubectl, model_server: ScriptedModelServer, model_key: str, operator: Operator
 ) -> None:
     secret_value = "sk-test-DO-NOT-LEAK-4242"
     kubectl("create", "secret", "generic", "model-key", f"--from-literal=api-key={secret_value}")
@@ -308,7 +309,7 @@ def test_the_api_key_appears_in_no_status_configmap_event_or_log(
             kubectl("get", "configmaps", "-o", "yaml").stdout,
             kubectl("get", "events", "-o", "yaml").stdout,
             kubectl("logs", "job/secretive-1").stdout,
-            operator.log.read_text(errors="replace"),
+            operator.logs(),
         ]
     )
     assert all(r["api_key_sent"] for r in model_server.requests(model_key))
@@ -338,7 +339,7 @@ def _probe_pod(kubectl: Kubectl, service_account: str, configmaps: list[str]) ->
             "serviceAccountName": service_account,
             "restartPolicy": "Never",
             "containers": [
-                {"name": "probe", "image": "python", "command": ["python", "-c", script]}
+                {"name": "probe", "image": TARGET.image, "command": ["python", "-c", script]}
             ],
         },
     }
@@ -360,7 +361,7 @@ def _history(control_plane: Any, kubectl: Kubectl, name: str) -> bytes | None:
 
 
 def test_the_operator_exports_runs_by_phase_and_tokens_by_model(
-    kubectl: Kubectl, model_server: ScriptedModelServer, model_key: str, operator: OperatorProcess
+    kubectl: Kubectl, model_server: ScriptedModelServer, model_key: str, operator: Operator
 ) -> None:
     model_server.set_script(
         model_key,
