@@ -88,4 +88,4 @@ e2e-kind: install ## The end-to-end suite against the kind cluster of kind-deplo
 	kind get kubeconfig --name $(KIND_CLUSTER) > $(STATE)/kind.kubeconfig
 	AGENTRUN_E2E_KUBECONFIG=$(STATE)/kind.kubeconfig AGENTRUN_E2E_IMAGE=$(IMAGE) \
 	AGENTRUN_E2E_HOST=$$(docker network inspect kind --format '{{range .IPAM.Config}}{{.Gateway}} {{end}}' | tr ' ' '\n' | grep -m1 '\.') \
-	  $(PY) -m pytest -m e2e $(E2E_KIND_ARGS)
+	  $(PY) -m pytest tests/e2e $(E2E_KIND_ARGS)

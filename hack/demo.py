@@ -114,7 +114,7 @@ def up(state: Path) -> None:
     kubectl apply -f examples/01-minimal.yaml
     kubectl wait --for=condition=Succeeded agentrun/minimal
 
-  Stop everything with: make demo-down
+  Stop everything with: make demo-down{_state_argument(state)}
 """,
         flush=True,
     )
@@ -150,8 +150,14 @@ def _start_model(state: Path, env: dict[str, str]) -> dict[str, str]:
             break
         time.sleep(0.1)
     url = f"http://127.0.0.1:{port_file.read_text().strip()}/v1"
-    print(f"    scripted model at {url} (script: {script.relative_to(ROOT)})", flush=True)
+    shown = script.relative_to(ROOT) if script.is_relative_to(ROOT) else script
+    print(f"    scripted model at {url} (script: {shown})", flush=True)
     return {"runner.defaultBaseURL": url}
+
+
+def _state_argument(state: Path) -> str:
+    """What `make demo-down` needs to find a demo started with STATE=..."""
+    return "" if state.resolve() == (ROOT / ".local").resolve() else f" STATE={state}"
 
 
 def _follow(kubectl: list[str], env: dict[str, str], *, until: set[str]) -> str:

@@ -7,7 +7,7 @@ hack/build-control-plane.sh: tests never skip for want of a control plane.
 
 With AGENTRUN_E2E_KUBECONFIG set, the end-to-end tests run against that cluster instead
 (kind, with real containers; `make e2e-kind`), and no local control plane starts; see
-Target. Only tests marked e2e may run that way.
+Target. Only the tests under tests/e2e may run that way.
 
 Fixtures:
     control_plane  session: the running localcluster.cluster.Cluster, with .server (the
@@ -175,7 +175,7 @@ def wait_until(
         time.sleep(interval)
 
 
-@pytest.hookimpl(trylast=True)  # after -m has deselected
+@pytest.hookimpl(trylast=True)  # after -m and -k have deselected
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if not TARGET.external:
         return
@@ -184,10 +184,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             "AGENTRUN_E2E_KUBECONFIG needs AGENTRUN_E2E_HOST: this machine's address as the "
             "cluster's pods reach it (for kind, the gateway of Docker's `kind` network)."
         )
-    local_only = [item.nodeid for item in items if not item.get_closest_marker("e2e")]
+    local_only = [item.nodeid for item in items if "e2e" not in item.path.parts]
     if local_only:
         raise pytest.UsageError(
-            "AGENTRUN_E2E_KUBECONFIG runs only the end-to-end tests (-m e2e); "
+            "AGENTRUN_E2E_KUBECONFIG runs only the end-to-end tests (tests/e2e); "
             f"{len(local_only)} collected tests need the local control plane, "
             f"{local_only[0]} first."
         )
