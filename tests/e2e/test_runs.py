@@ -396,7 +396,7 @@ def test_a_run_whose_pod_cannot_start_says_why(
 
     kubectl.apply(manifest("stuck", spec_for(model_key, provider=provider)))
     run = eventually(
-        lambda: (r := kubectl.run("stuck"))["status"].get("reason") == "PodWaiting" and r,
+        lambda: (r := kubectl.run("stuck")).get("status", {}).get("reason") == "PodWaiting" and r,
         what="the run to report its waiting pod",
     )
 
