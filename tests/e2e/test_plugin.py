@@ -224,6 +224,26 @@ def test_logs_print_each_attempts_runner_log(
     assert "attempt 1" in first.stdout
 
 
+def test_logs_of_a_pod_that_cannot_start_say_why_in_one_line(
+    kubectl: Kubectl, model_server: ScriptedModelServer, model_key: str
+) -> None:
+    provider = {"baseURL": model_server.base_url, "apiKeySecretRef": {"name": "absent", "key": "k"}}
+    spec = {"prompt": "hi", "model": f"openai:{model_key}", "provider": provider}
+    kubectl.apply(manifest("stuck", spec))
+    eventually(
+        lambda: kubectl.run("stuck").get("status", {}).get("reason") == "PodWaiting",
+        what="the run to report its waiting pod",
+    )
+
+    logged = plugin(kubectl, "logs", "stuck")
+
+    assert logged.returncode == 1
+    assert logged.stdout == ""
+    [line] = logged.stderr.splitlines()
+    assert "has not started its runner" in line
+    assert "absent" in line
+
+
 def test_watch_prints_a_line_for_each_change_until_its_timeout(
     kubectl: Kubectl, model_server: ScriptedModelServer, model_key: str
 ) -> None:

@@ -216,18 +216,20 @@ class Cluster:
                 return sorted(pods, key=lambda pod: pod["metadata"].get("creationTimestamp") or "")
             time.sleep(0.5)
 
-    def wait_started(self, pod: Mapping[str, Any]) -> None:
-        """Wait a little for a pod that is still Pending, so that its log can be followed."""
+    def wait_started(self, pod: dict[str, Any]) -> dict[str, Any]:
+        """Wait a little for a pod that is still Pending, so that its log can be followed;
+        the pod as last read."""
         deadline = time.monotonic() + _POD_START_SECONDS
         while (pod.get("status") or {}).get("phase") in (None, "Pending"):
             if time.monotonic() > deadline:
-                return  # the log request will say why the log cannot be read yet
+                return pod
             time.sleep(0.5)
             with kube.translated():
                 response = self._core.read_namespaced_pod(
                     pod["metadata"]["name"], self.namespace, _preload_content=False
                 )
             pod = _json(response)
+        return pod
 
     def log(self, pod: Mapping[str, Any], *, follow: bool) -> Iterator[bytes]:
         """The log of the pod's runner container, in chunks as they come."""

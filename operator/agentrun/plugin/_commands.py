@@ -372,13 +372,38 @@ def logs(
     # A Job replaces a pod that died, and the new pod resumes the attempt: show each in
     # turn. Following makes sense only for the newest.
     if follow:
-        cluster.wait_started(pods[-1])
-        _copy(cluster.log(pods[-1], follow=True))
+        newest = cluster.wait_started(pods[-1])
+        if reason := _never_started(newest):
+            raise PluginError(reason)
+        _copy(cluster.log(newest, follow=True))
         return
+    unstarted = {pod["metadata"]["name"]: reason for pod in pods if (reason := _never_started(pod))}
+    if len(unstarted) == len(pods):
+        raise PluginError(unstarted[pods[-1]["metadata"]["name"]])
     for pod in pods:
         if len(pods) > 1:
             typer.echo(f"==> pod {pod['metadata']['name']} <==")
-        _copy(cluster.log(pod, follow=False))
+        if reason := unstarted.get(pod["metadata"]["name"]):
+            typer.echo(reason, err=True)
+        else:
+            _copy(cluster.log(pod, follow=False))
+
+
+def _never_started(pod: dict[str, Any]) -> str | None:
+    """Why the pod has no log to read, when its runner never started: the API server would
+    only say that it "could not find the requested resource"."""
+    name = pod["metadata"]["name"]
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    runner = next(
+        (c for c in statuses if c.get("name") == "runner"), statuses[0] if statuses else None
+    )
+    if runner is None:
+        return f"Pod {name} has not started its runner yet."
+    waiting = (runner.get("state") or {}).get("waiting")
+    if waiting is None or runner.get("lastState", {}).get("terminated"):
+        return None
+    why = ": ".join(x for x in (waiting.get("reason"), waiting.get("message")) if x)
+    return f"Pod {name} has not started its runner ({why or 'waiting'})."
 
 
 def _job_of(run: dict[str, Any], attempt: int | None) -> str:
