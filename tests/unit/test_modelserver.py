@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import subprocess
 import sys
@@ -200,6 +201,7 @@ def test_a_request_past_the_script_is_refused_as_exhausted(server: ScriptedModel
         "turn": 1,
         "status": 400,
         "api_key_sent": True,
+        "api_key_sha256": hashlib.sha256(b"test").hexdigest(),
         "body": None,
     }
 
