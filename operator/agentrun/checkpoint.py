@@ -7,9 +7,12 @@ plugin reads a whole history with `load_history_bytes`.
 
 Objects, all ConfigMaps owned by the AgentRun:
 
-- the index, `names.checkpoint_index(run)`: `data["record"]` holds the `CheckpointRecord`
-  as JSON. It is the single source of truth: the attempt that owns the checkpoint, and
-  how much of each segment is committed.
+- the index, `names.checkpoint_index(run)`: its `data` holds the `CheckpointRecord`, one
+  key per field (`attempt`, `step`, `usage`, ...; each value JSON) and one per segment
+  (`segment.000`, ...). It is the single source of truth: the attempt that owns the
+  checkpoint, and how much of each segment is committed. A write sends only the keys
+  that changed: a step rewrites a few counters and its open segment's entry, not the
+  whole record, and closed segments' entries are never sent again.
 - the segments, `names.checkpoint_segment(run, i)`: compressed chunks of the history
   under `binaryData` (layout in `segments`). A chunk counts only once the record counts it.
 
@@ -28,7 +31,7 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -54,7 +57,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-RECORD_KEY = "record"
+# Where an index written before the record was split kept it, whole; still read.
+LEGACY_RECORD_KEY = "record"
+SEGMENT_KEY_PREFIX = "segment."
 RUN_LABEL = "agentrun.dev/run"
 RUN_UID_LABEL = "agentrun.dev/run-uid"
 PART_LABEL = "agentrun.dev/part"
@@ -104,10 +109,11 @@ def segment_names(run_name: str) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class Index:
-    """The index ConfigMap as read: the record, its exact text and the resourceVersion."""
+    """The index ConfigMap as read: the record, its exact keys and the resourceVersion."""
 
     record: api.CheckpointRecord
-    text: str
+    data: Mapping[str, str]
+    """The ConfigMap's `data` as stored: the record, key by key."""
     version: str
     run_uid: str | None = None
     """The uid of the AgentRun that owns the ConfigMap."""
@@ -165,21 +171,58 @@ def read_index(api_: Any, namespace: str, run_name: str) -> Index | None:
 
 
 def _index_of(body: dict[str, Any], *, name: str) -> Index:
-    text = (body.get("data") or {}).get(RECORD_KEY)
-    if not isinstance(text, str):
-        raise CheckpointCorrupt(f"ConfigMap {name} holds no {RECORD_KEY!r} key.", segment=name)
-    try:
-        record = api.CheckpointRecord.model_validate_json(text)
-    except pydantic.ValidationError as error:
-        raise CheckpointCorrupt(
-            f"ConfigMap {name} holds a record that does not validate: {error}", segment=name
-        ) from error
+    data: dict[str, str] = body.get("data") or {}
     return Index(
-        record=record,
-        text=text,
+        record=_record_of(data, name=name),
+        data=data,
         version=body["metadata"]["resourceVersion"],
         run_uid=_owner_uid(body),
     )
+
+
+def _record_of(data: Mapping[str, str], *, name: str) -> api.CheckpointRecord:
+    """The record the index's keys hold; raises CheckpointCorrupt naming the index."""
+    try:
+        if LEGACY_RECORD_KEY in data:
+            return api.CheckpointRecord.model_validate_json(data[LEGACY_RECORD_KEY])
+        if "attempt" not in data:
+            raise CheckpointCorrupt(f"ConfigMap {name} holds no record.", segment=name)
+        fields = {k: json.loads(v) for k, v in data.items() if not _is_segment_key(k)}
+        count = sum(1 for key in data if _is_segment_key(key))
+        fields["segments"] = [json.loads(data[_segment_key(i)]) for i in range(count)]
+        return api.CheckpointRecord.model_validate(fields)
+    except (pydantic.ValidationError, ValueError, KeyError) as error:
+        raise CheckpointCorrupt(
+            f"ConfigMap {name} holds a record that does not validate: {error}", segment=name
+        ) from error
+
+
+def _record_data(record: api.CheckpointRecord) -> dict[str, str]:
+    """The index's `data` for `record`: a key per field, and one per segment."""
+    fields = api.dump(record)
+    refs = fields.pop("segments", [])
+    data = {key: _compact(value) for key, value in fields.items()}
+    data.update({_segment_key(i): _compact(ref) for i, ref in enumerate(refs)})
+    return data
+
+
+def _changes(old: Mapping[str, str], new: Mapping[str, str]) -> dict[str, str | None]:
+    """The merge patch of `data` that turns `old` into `new` (None removes a key)."""
+    patch: dict[str, str | None] = {k: v for k, v in new.items() if old.get(k) != v}
+    patch.update({key: None for key in old if key not in new})
+    return patch
+
+
+def _segment_key(position: int) -> str:
+    return f"{SEGMENT_KEY_PREFIX}{position:03d}"
+
+
+def _is_segment_key(key: str) -> bool:
+    return key.startswith(SEGMENT_KEY_PREFIX)
+
+
+def _compact(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def _owner_uid(body: dict[str, Any]) -> str | None:
@@ -297,14 +340,14 @@ def claim(
         body = configmaps.get(name)
         fresh = api.CheckpointRecord(attempt=attempt, updated_at=_now())
         if body is None:
-            configmaps.create({"metadata": meta, "data": {RECORD_KEY: _record_text(fresh)}})
+            configmaps.create({"metadata": meta, "data": _record_data(fresh)})
             return fresh
         if _owner_uid(body) != run_uid:
             configmaps.patch(
                 name,
                 version=body["metadata"]["resourceVersion"],
                 metadata=_owned(meta),
-                data={RECORD_KEY: _record_text(fresh)},
+                data=_changes(body.get("data") or {}, _record_data(fresh)),
             )
             return fresh
         index = _index_of(body, name=name)
@@ -319,7 +362,9 @@ def claim(
         record = index.record.model_copy(
             update={"attempt": attempt, "outcome": api.Outcome.RUNNING, "updated_at": _now()}
         )
-        configmaps.patch(name, version=index.version, data={RECORD_KEY: _record_text(record)})
+        configmaps.patch(
+            name, version=index.version, data=_changes(index.data, _record_data(record))
+        )
         return record
 
     return _retry_conflicts(attempt_claim)
@@ -371,7 +416,7 @@ class Writer:
         self._index_name = names.checkpoint_index(run_name)
         self._index_version = index.version
         self._record = index.record
-        self._record_text = index.text
+        self._data = index.data
         self._history = history
         self._last = history.last if history is not None else None
         self._last_version = history.last_version if history is not None else None
@@ -491,11 +536,14 @@ class Writer:
         return _metadata(name, run_name=self._run_name, run_uid=self._run_uid)
 
     def _write_record(self, record: api.CheckpointRecord) -> None:
-        text = _record_text(record)
+        data = _record_data(record)
         for attempt_number in range(_TRIES):
             try:
+                # Still a resourceVersion-checked write when few keys change: fencing.
                 self._index_version = self._configmaps.patch(
-                    self._index_name, version=self._index_version, data={RECORD_KEY: text}
+                    self._index_name,
+                    version=self._index_version,
+                    data=_changes(self._data, data),
                 )
             except kube.Conflict:
                 self._check_owner()
@@ -503,7 +551,7 @@ class Writer:
             except kube.Unavailable as error:
                 _pause(attempt_number, error)
                 continue
-            self._record, self._record_text = record, text
+            self._record, self._data = record, data
             return
         raise kube.Unavailable(f"The record in {self._index_name} could not be written.")
 
@@ -519,7 +567,7 @@ class Writer:
                 f"attempt {self._attempt} stops.",
                 owner=index.record.attempt,
             )
-        if index.text != self._record_text:
+        if index.data != self._data:
             raise Fenced(
                 f"Another runner of attempt {self._attempt} wrote the checkpoint.",
                 owner=index.record.attempt,
@@ -627,10 +675,6 @@ def _metadata(name: str, *, run_name: str, run_uid: str) -> dict[str, Any]:
 def _owned(meta: dict[str, Any]) -> dict[str, Any]:
     """The parts of `meta` that make a ConfigMap left by another run this run's own."""
     return {"labels": meta["labels"], "ownerReferences": meta["ownerReferences"]}
-
-
-def _record_text(record: api.CheckpointRecord) -> str:
-    return json.dumps(api.dump(record), separators=(",", ":"), ensure_ascii=False)
 
 
 def _now() -> str:

@@ -50,6 +50,8 @@ class FakeConfigMaps:
         self.version = 1000
         self.writes: list[tuple[str, str, int]] = []
         """(verb, name, request bytes) of every write that succeeded."""
+        self.bodies: list[dict[str, Any]] = []
+        """The request body of every write that succeeded."""
 
     # -- the CoreV1Api surface -------------------------------------------------------
 
@@ -102,6 +104,7 @@ class FakeConfigMaps:
         self.version += 1
         obj["metadata"]["resourceVersion"] = str(self.version)
         self.writes.append((verb, name, len(json.dumps(body, separators=(",", ":")))))
+        self.bodies.append(body)
 
     @staticmethod
     def _response(obj: dict[str, Any]) -> Any:
@@ -226,7 +229,7 @@ def test_the_first_claim_creates_the_index_owned_by_the_run(fake: FakeConfigMaps
 
     index = fake.objects[names.checkpoint_index(RUN)]
     assert record.attempt == 1
-    assert json.loads(index["data"]["record"])["attempt"] == 1
+    assert json.loads(index["data"]["attempt"]) == 1
     assert index["metadata"]["labels"][checkpoint.PART_LABEL] == "checkpoint"
     assert index["metadata"]["labels"][checkpoint.RUN_LABEL] == RUN
     owner = index["metadata"]["ownerReferences"][0]
@@ -500,7 +503,7 @@ def test_a_missing_segment_fails_the_load_naming_it(fake: FakeConfigMaps) -> Non
 def test_a_record_that_does_not_validate_is_corrupt(fake: FakeConfigMaps) -> None:
     claim(fake, 1)
     index = names.checkpoint_index(RUN)
-    fake.tamper(index, lambda cm: cm["data"].update(record='{"attempt": "one"}'))
+    fake.tamper(index, lambda cm: cm["data"].update(attempt='"one"'))
 
     with pytest.raises(checkpoint.CheckpointCorrupt):
         checkpoint.read_record(fake, NAMESPACE, RUN)
@@ -543,6 +546,38 @@ def test_history_bytes_sent_grow_linearly_with_the_history(fake: FakeConfigMaps)
     assert writer.stats.chunk_bytes == stored
     chunk_requests = sum(w[2] for w in fake.writes if w[1] != names.checkpoint_index(RUN))
     assert chunk_requests / stored < 1.5
+
+
+def test_a_step_sends_only_the_record_keys_it_changes(fake: FakeConfigMaps) -> None:
+    claim(fake, 1)
+    writer = open_writer(fake, 1)
+    save(writer, [ModelResponse(parts=[TextPart(os.urandom(40_000).hex())]) for _ in range(3)])
+
+    save(writer, [ModelResponse(parts=[TextPart("one more step")])])
+
+    sent = set(fake.bodies[-1]["data"])
+    assert len(_record(fake).segments) >= 2
+    assert "segment.000" not in sent  # closed: its entry is never sent again
+    assert not sent & {"attempt", "outcome", "pending", "started"}
+    assert {"step", "bytes", f"segment.{len(_record(fake).segments) - 1:03d}"} <= sent
+
+
+def test_an_index_holding_the_whole_record_under_one_key_still_loads(
+    fake: FakeConfigMaps,
+) -> None:
+    claim(fake, 1)
+    save(open_writer(fake, 1), run_agent_with_tools_and_a_denial())
+    record = _record(fake)
+    legacy = json.dumps(api.dump(record))
+    fake.tamper(names.checkpoint_index(RUN), lambda cm: cm.update(data={"record": legacy}))
+    writer = open_writer(fake, 1)
+
+    save(writer, [ModelResponse(parts=[TextPart("after the upgrade")])])
+
+    data = fake.objects[names.checkpoint_index(RUN)]["data"]
+    assert "record" not in data
+    assert _record(fake).step == record.step + 1
+    assert json.loads(stored_json(fake))[-1]["parts"][0]["content"] == "after the upgrade"
 
 
 def _record(fake: FakeConfigMaps) -> api.CheckpointRecord:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import types
 from pathlib import Path
+from typing import Any
 
 import pytest
+from kubernetes.client import ApiClient, Configuration
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import MaxRetryError
 
@@ -87,3 +90,70 @@ def test_a_kubeconfig_is_the_last_resort(tmp_path: Path, monkeypatch: pytest.Mon
 
     assert configuration.host == "https://10.1.2.3:6443"
     assert kube.bearer_token(configuration) == "from-kubeconfig"
+
+
+class Answers:
+    """Stands in for the ApiClient's HTTP call: records each request, answers `status`."""
+
+    def __init__(self, status: int = 200, body: object = None) -> None:
+        self.status = status
+        self.body = body if body is not None else {"metadata": {"resourceVersion": "7"}}
+        self.requests: list[tuple[str, str, dict[str, str], Any]] = []
+
+    def __call__(self, method: str, url: str, headers: dict[str, str], body: Any, *_: Any) -> Any:
+        self.requests.append((method, url, headers, body))
+        data = json.dumps(self.body).encode()
+        return types.SimpleNamespace(
+            status=self.status, reason="", data=data, headers={}, read=lambda: data
+        )
+
+
+def json_api(answers: Answers, monkeypatch: pytest.MonkeyPatch) -> kube.JsonApi:
+    configuration = Configuration(host="https://api.test:6443")
+    configuration.api_key = {"BearerToken": "Bearer tok-1"}
+    api_client = ApiClient(configuration)
+    monkeypatch.setattr(api_client, "call_api", answers)
+    return kube.JsonApi(api_client)
+
+
+def test_the_runners_json_calls_go_where_the_generated_api_sends_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    answers = Answers()
+    calls = json_api(answers, monkeypatch)
+
+    calls.read_namespaced_config_map("cp", "ns")
+    calls.create_namespaced_config_map("ns", {"metadata": {"name": "cp"}})
+    calls.patch_namespaced_config_map(
+        "cp", "ns", {"data": {}}, _content_type="application/merge-patch+json"
+    )
+    calls.get_namespaced_custom_object("agentrun.dev", "v1alpha1", "ns", "agentruns", "demo")
+
+    sent = [
+        (method, url, headers.get("Content-Type")) for method, url, headers, _ in answers.requests
+    ]
+    assert sent == [
+        ("GET", "https://api.test:6443/api/v1/namespaces/ns/configmaps/cp", None),
+        ("POST", "https://api.test:6443/api/v1/namespaces/ns/configmaps", "application/json"),
+        (
+            "PATCH",
+            "https://api.test:6443/api/v1/namespaces/ns/configmaps/cp",
+            "application/merge-patch+json",
+        ),
+        (
+            "GET",
+            "https://api.test:6443/apis/agentrun.dev/v1alpha1/namespaces/ns/agentruns/demo",
+            None,
+        ),
+    ]
+    assert all(headers["authorization"] == "Bearer tok-1" for _, _, headers, _ in answers.requests)
+
+
+def test_a_json_call_refused_by_the_api_server_raises_our_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    answers = Answers(404, {"kind": "Status", "reason": "NotFound", "message": "gone"})
+    calls = json_api(answers, monkeypatch)
+
+    with pytest.raises(kube.NotFound, match="gone"), kube.translated():
+        calls.read_namespaced_config_map("cp", "ns")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import gc
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -176,6 +177,27 @@ def test_a_run_stores_every_step_and_succeeds(cluster_of: Callable[..., Cluster]
         "r": "hi",
     }
     assert record.started == []
+
+
+def test_a_runner_collects_garbage_again_once_its_model_is_built(
+    cluster_of: Callable[..., Cluster],
+) -> None:
+    enabled: list[bool] = []
+
+    def answer(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
+        enabled.append(gc.isenabled())
+        return ModelResponse(parts=[TextPart("Done.")])
+
+    cluster = cluster_of(answer)
+    gc.disable()  # as `runner.main` does before the imports of a start
+    try:
+        code = cluster.attempt(1)
+    finally:
+        gc.enable()
+        gc.unfreeze()
+
+    assert code == runner.EXIT_OK
+    assert enabled == [True]
 
 
 def test_each_request_carries_the_whole_history(cluster_of: Callable[..., Cluster]) -> None:
