@@ -102,14 +102,15 @@ BARE_CLIENT = textwrap.dedent(
     """
 )
 
-# What the runner imports before its first model request. agentrun.runner imports the
-# heavy modules lazily, and kubernetes.client its API classes on first use, so
-# `import agentrun.runner` alone would hide nearly all of it.
+# What the runner imports before its first model request, aiohttp refused as the runner's
+# main does. agentrun.runner imports the heavy modules lazily, so `import agentrun.runner`
+# alone would hide nearly all of it.
 RUNNER_IMPORTS = "; ".join(
     (
+        "import sys; sys.modules['aiohttp'] = None",
         "import agentrun.runner, agentrun.agent, agentrun.journal, agentrun.history",
+        "import agentrun.apiserver",
         "import openai, pydantic_ai.models.openai, pydantic_ai.providers.openai",
-        "from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi",
     )
 )
 CLIENT_IMPORTS = "import openai"

@@ -4,7 +4,7 @@
 history; the `Guard` capability, which `runner` hands to the agent, calls
 `Journal.started` before each tool runs. Every write goes through one asyncio lock, since
 the tools of one model response run concurrently, and runs in a thread, since the
-kubernetes client blocks.
+API calls (`apiserver`) block.
 
 Write-ahead. A call is recorded as started before its tool runs; the step that stores
 its result clears the record. A call still recorded as started when an attempt begins

@@ -1,10 +1,9 @@
 """Credentials for the Kubernetes API, and its errors in our own words.
 
-Both programs call `load_config` once at start-up and go through `translated()` (or
-`translate`) wherever they call the kubernetes client and want to tell a conflict from a
-missing object. The runner makes its few calls through `JsonApi`, which spares it the
-import of the client's generated API classes. This is the one place that knows the
-client's exception types::
+The operator calls `load_config` once at start-up and goes through `translated()` (or
+`translate`) wherever it calls the kubernetes client and wants to tell a conflict from a
+missing object. The runner's calls (`apiserver`) raise these errors themselves, through
+`error_for`. This is the one place that knows the client's exception types::
 
     KubeError                 any failed call; `status` is the HTTP status (0: no answer)
     ├── NotFound              404: the object does not exist
@@ -19,25 +18,25 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from kubernetes.client import ApiClient, Configuration
+    from kubernetes.client import Configuration
 
 __all__ = [
     "AlreadyExists",
     "Conflict",
     "Forbidden",
     "Invalid",
-    "JsonApi",
     "KubeError",
     "NotFound",
     "Unavailable",
     "bearer_token",
+    "error_for",
     "load_config",
     "translate",
     "translated",
@@ -130,93 +129,19 @@ def bearer_token(configuration: Configuration) -> str | None:
     return token.strip() or None
 
 
-class JsonApi:
-    """The runner's few calls of CoreV1Api and CustomObjectsApi, under the same names and
-    arguments, sent as plain JSON through the client's ApiClient.
-
-    The generated API classes import a pydantic model for every kind they name (about 250
-    for CoreV1Api) and wrap each method in `validate_call`: 0.5 s of CPU at each runner's
-    start on two cores, for calls whose bodies `checkpoint` handles as JSON anyway. The
-    kubernetes library still does the rest (credentials, TLS, connection pooling), and
-    failed calls raise its ApiException, as the generated classes do. The
-    `_preload_content` arguments are accepted for the same signatures and ignored: bodies
-    are never turned into models here.
-    """
-
-    def __init__(self, api_client: ApiClient) -> None:
-        self._client = api_client
-
-    def read_namespaced_config_map(
-        self, name: str, namespace: str, *, _preload_content: bool = False
-    ) -> Any:
-        return self._call("GET", _configmaps(namespace, name))
-
-    def create_namespaced_config_map(
-        self, namespace: str, body: dict[str, Any], *, _preload_content: bool = False
-    ) -> Any:
-        return self._call("POST", _configmaps(namespace), body=body)
-
-    def patch_namespaced_config_map(
-        self,
-        name: str,
-        namespace: str,
-        body: dict[str, Any],
-        *,
-        _content_type: str = "application/merge-patch+json",
-        _preload_content: bool = False,
-    ) -> Any:
-        path = _configmaps(namespace, name)
-        return self._call("PATCH", path, body=body, content_type=_content_type)
-
-    def get_namespaced_custom_object(
-        self, group: str, version: str, namespace: str, plural: str, name: str
-    ) -> dict[str, Any]:
-        path = f"/apis/{group}/{version}/namespaces/{_quoted(namespace)}/{plural}/{_quoted(name)}"
-        body: dict[str, Any] = json.loads(self._call("GET", path).data)
-        return body
-
-    def _call(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: dict[str, Any] | None = None,
-        content_type: str = "application/json",
-    ) -> Any:
-        """The read response (its bytes in `.data`); raises ApiException unless 2xx."""
-        from kubernetes.client.exceptions import ApiException
-
-        headers = {"Accept": "application/json"}
-        if body is not None:
-            headers["Content-Type"] = content_type
-        request = self._client.param_serialize(
-            method, path, header_params=headers, body=body, auth_settings=["BearerToken"]
-        )
-        response = self._client.call_api(*request)
-        response.read()  # type: ignore[no-untyped-call]
-        if not 200 <= response.status <= 299:
-            raise ApiException.from_response(http_resp=response, body=None, data=None)
-        return response
-
-
-def _configmaps(namespace: str, name: str = "") -> str:
-    path = f"/api/v1/namespaces/{_quoted(namespace)}/configmaps"
-    return f"{path}/{_quoted(name)}" if name else path
-
-
-def _quoted(segment: str) -> str:
-    return quote(segment, safe="")
-
-
 def translate(error: BaseException) -> KubeError:
     """Our error for one the kubernetes client (or urllib3 under it) raised."""
     from kubernetes.client.exceptions import ApiException
 
     if not isinstance(error, ApiException):
         return Unavailable(f"The Kubernetes API did not answer: {error}")
-    status = int(error.status or 0)
-    reason, message = _status_body(error.body)
-    text = message or f"HTTP {status} {error.reason or ''}".strip()
+    return error_for(int(error.status or 0), error.body, http_reason=error.reason or "")
+
+
+def error_for(status: int, body: object, *, http_reason: str = "") -> KubeError:
+    """Our error for an answer of HTTP `status` whose body is `body` (a Status, usually)."""
+    reason, message = _status_body(body)
+    text = message or f"HTTP {status} {http_reason}".strip()
     kind: type[KubeError]
     if status == 404:
         kind = NotFound
@@ -249,10 +174,31 @@ def _status_body(body: object) -> tuple[str, str]:
 @contextmanager
 def translated() -> Iterator[None]:
     """Run a block of client calls, raising our errors (chained) instead of the client's."""
-    from kubernetes.client.exceptions import ApiException
-    from urllib3.exceptions import HTTPError
-
     try:
         yield
-    except (ApiException, HTTPError) as error:
+    except KubeError:
+        raise
+    except Exception as error:
+        if not _raised_by_the_client(error):
+            raise
         raise translate(error) from error
+
+
+def _raised_by_the_client(error: Exception) -> bool:
+    """Whether the kubernetes client or urllib3 raised `error`.
+
+    Looked up among the loaded modules: a process that never imported the client (the
+    runner, see `apiserver`) cannot have got one of its errors, and importing the client
+    here to find out would cost what `apiserver` saves.
+    """
+    exceptions = sys.modules.get("kubernetes.client.exceptions")
+    urllib3_exceptions = sys.modules.get("urllib3.exceptions")
+    kinds = tuple(
+        kind
+        for kind in (
+            getattr(exceptions, "ApiException", None),
+            getattr(urllib3_exceptions, "HTTPError", None),
+        )
+        if isinstance(kind, type)
+    )
+    return bool(kinds) and isinstance(error, kinds)

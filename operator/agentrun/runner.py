@@ -9,7 +9,7 @@ Environment: AGENTRUN_NAME, AGENTRUN_NAMESPACE, AGENTRUN_UID, AGENTRUN_ATTEMPT; 
 AGENTRUN_API_KEY (taken out of the environment as soon as it is read, so no tool's process
 inherits it; never logged), AGENTRUN_DEFAULT_BASE_URL (the operator's endpoint for runs
 that name none), AGENTRUN_LOG_LEVEL, AGENTRUN_MCP_<i>_<header>; and what
-`kube.load_config` reads.
+`apiserver.credentials` reads.
 
 Exit codes, which the Job's podFailurePolicy maps:
 
@@ -18,14 +18,13 @@ Exit codes, which the Job's podFailurePolicy maps:
     3      fenced: another attempt owns the checkpoint, or the run is gone; nothing written
     other  a crash: the Job starts a new pod, which resumes from the checkpoint
 
-Cold start: about 1.2 s from process start to the first model request on an idle
-two-core machine, nearly all of it imports: pydantic-ai's agent 0.4 s; the openai SDK and
-pydantic-ai's model for it 0.45 s, most of it the SDK's `types` package; the kubernetes
-client, pydantic and the API models 0.25 s; building the SDK's HTTP client 0.1 s. The API
-calls take milliseconds, so there is no waiting to overlap the imports with. The heavy
-modules are imported only once the attempt is known to run, the kubernetes client's
-generated API classes not at all (`kube.JsonApi`); an image must ship them compiled to
-bytecode.
+Cold start: about 1 s from process start to the first model request on a two-core
+machine (tests/runner/bench.py), nearly all of it imports: the openai SDK 0.3 s, most of
+it its `types` package; pydantic-ai 0.3 s; pydantic and the API models 0.1 s; building the
+SDK's HTTP client 0.1 s. The API calls take milliseconds, so there is no waiting to
+overlap the imports with. The heavy modules are imported only once the attempt is known
+to run; the kubernetes client and aiohttp not at all (`apiserver`, `main`). An image must
+ship them compiled to bytecode.
 """
 
 from __future__ import annotations
@@ -44,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import pydantic
 
-from agentrun import api, checkpoint, kube
+from agentrun import api, apiserver, checkpoint, kube
 
 if TYPE_CHECKING:
     from pydantic_ai import Agent, DeferredToolResults, ModelMessage
@@ -108,6 +107,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     # until the model is built, then `_started` hides them from the collector. On two
     # cores that saves 0.1 to 0.2 s of CPU before the first model request, 0.4 s at exit.
     gc.disable()
+    # The image holds the operator's aiohttp too (kopf needs it), and the openai SDK
+    # imports it whenever it is installed, for a transport the runner never uses: 0.2 s
+    # of CPU at every start. A None entry makes that import fail as if it were absent.
+    sys.modules.setdefault("aiohttp", None)  # type: ignore[arg-type]
     sys.exit(asyncio.run(run_attempt(settings)))
 
 
@@ -149,9 +152,7 @@ class _Failed(Exception):
 
 async def run_attempt(settings: Settings) -> int:
     """Run the attempt `settings` names; the exit code."""
-    from kubernetes.client import ApiClient
-
-    calls = kube.JsonApi(ApiClient(kube.load_config()))
+    calls = apiserver.connect()
     try:
         return await _Attempt(settings, core=calls, custom=calls).run()
     except checkpoint.Fenced as fenced:
@@ -159,6 +160,8 @@ async def run_attempt(settings: Settings) -> int:
             "Run %s attempt %d is fenced: %s Exiting.", settings.run, settings.attempt, fenced
         )
         return EXIT_FENCED
+    finally:
+        calls.close()
 
 
 class _Attempt:

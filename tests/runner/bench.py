@@ -11,7 +11,8 @@ folder (hack/localcluster) and stops it afterwards. It prints:
   the bytes of every checkpoint request (JSON bodies, chunks in base64, the record of each
   step) and of the history chunks alone, each divided by the history's stored
   (compressed) bytes;
-- cold start: seconds from the runner's process start to its first model request.
+- cold start: seconds from the runner's process start to its first model request, the
+  runner holding a ServiceAccount token as in a pod.
 """
 
 from __future__ import annotations
@@ -137,11 +138,13 @@ def write_amplification(runners: Runners, *, steps: int, size: int) -> None:
 
 
 def cold_start(runners: Runners, *, starts: int) -> None:
+    """Each runner started as its pod would be: the run's ServiceAccount token, its Role."""
     seconds = []
     for number in range(starts):
         run = runners.create(f"cold-{number}", turns=[{"text": "hi"}])
+        credentials = runners.pod_credentials(run, runners.workspace / f".serviceaccount-{number}")
         began = datetime.now(UTC)
-        exited = runners.run(run, 1)
+        exited = runners.wait(runners.start(run, 1, credentials=credentials))
         if exited.code != 0:
             raise SystemExit(f"The run failed ({exited.code}):\n{exited.output[-3000:]}")
         first = datetime.fromisoformat(runners.requests(run)[0]["time"])

@@ -9,21 +9,24 @@ these tests drive attempts by hand.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import json
 import os
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import yaml
 from kubernetes import client
 from pydantic_ai import ModelMessage
 
-from agentrun import api, checkpoint, history
+from agentrun import api, checkpoint, history, rbac
 from agentrun.modelserver import ScriptedModelServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,6 +101,29 @@ class Runners:
         return checkpoint.claim(
             self.core, namespace=self.namespace, run_name=run.name, run_uid=run.uid, attempt=attempt
         )
+
+    def pod_credentials(self, run: Run, folder: Path) -> dict[str, str]:
+        """What the process-kubelet gives a run's pod: the Role the operator grants, a
+        token of the run's ServiceAccount in `folder`, and the service's address."""
+        objects = rbac.objects(run_name=run.name, run_uid=run.uid)
+        for obj in objects:
+            self.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(obj))
+        account = next(o for o in objects if o["kind"] == "ServiceAccount")["metadata"]["name"]
+        request = client.AuthenticationV1TokenRequest(spec=client.V1TokenRequestSpec(audiences=[]))
+        answer: Any = self.core.create_namespaced_service_account_token(
+            account, self.namespace, request
+        )
+        cluster = yaml.safe_load(self.kubeconfig.read_text())["clusters"][0]["cluster"]
+        folder.mkdir()
+        (folder / "token").write_text(answer.status.token)
+        (folder / "ca.crt").write_bytes(base64.b64decode(cluster["certificate-authority-data"]))
+        (folder / "namespace").write_text(self.namespace)
+        server = urllib.parse.urlsplit(cluster["server"])
+        return {
+            "AGENTRUN_SERVICEACCOUNT_DIR": str(folder),
+            "KUBERNETES_SERVICE_HOST": str(server.hostname),
+            "KUBERNETES_SERVICE_PORT": str(server.port),
+        }
 
     def patch_spec(self, run: Run, spec: dict[str, Any]) -> None:
         self.custom.patch_namespaced_custom_object(

@@ -1,18 +1,20 @@
-"""`kube`, which the checkpoint (and the operator) stand on: credentials and errors."""
+"""`kube` and `apiserver`, which the checkpoint stands on: credentials, calls and errors."""
 
 from __future__ import annotations
 
+import http.server
 import json
-import types
+import socket
+import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
-from kubernetes.client import ApiClient, Configuration
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import MaxRetryError
 
-from agentrun import kube
+from agentrun import apiserver, kube
 
 
 def api_error(status: int, reason: str = "") -> ApiException:
@@ -92,35 +94,55 @@ def test_a_kubeconfig_is_the_last_resort(tmp_path: Path, monkeypatch: pytest.Mon
     assert kube.bearer_token(configuration) == "from-kubeconfig"
 
 
-class Answers:
-    """Stands in for the ApiClient's HTTP call: records each request, answers `status`."""
+class _Recorder(http.server.BaseHTTPRequestHandler):
+    """An API server stand-in: records each request, answers with `answer`."""
 
-    def __init__(self, status: int = 200, body: object = None) -> None:
-        self.status = status
-        self.body = body if body is not None else {"metadata": {"resourceVersion": "7"}}
-        self.requests: list[tuple[str, str, dict[str, str], Any]] = []
+    requests: ClassVar[list[tuple[str, str, str | None, str | None]]] = []
+    answer: ClassVar[tuple[int, dict[str, Any]]] = (200, {"metadata": {"resourceVersion": "7"}})
 
-    def __call__(self, method: str, url: str, headers: dict[str, str], body: Any, *_: Any) -> Any:
-        self.requests.append((method, url, headers, body))
-        data = json.dumps(self.body).encode()
-        return types.SimpleNamespace(
-            status=self.status, reason="", data=data, headers={}, read=lambda: data
+    def _record(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        headers = self.headers
+        _Recorder.requests.append(
+            (self.command, self.path, headers.get("Content-Type"), headers.get("Authorization"))
         )
+        status, body = _Recorder.answer
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_PATCH = _record
+
+    def log_message(self, *args: Any) -> None:
+        pass
 
 
-def json_api(answers: Answers, monkeypatch: pytest.MonkeyPatch) -> kube.JsonApi:
-    configuration = Configuration(host="https://api.test:6443")
-    configuration.api_key = {"BearerToken": "Bearer tok-1"}
-    api_client = ApiClient(configuration)
-    monkeypatch.setattr(api_client, "call_api", answers)
-    return kube.JsonApi(api_client)
+@pytest.fixture
+def api_server() -> Iterator[str]:
+    _Recorder.requests = []
+    _Recorder.answer = (200, {"metadata": {"resourceVersion": "7"}})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
 
 
-def test_the_runners_json_calls_go_where_the_generated_api_sends_them(
-    monkeypatch: pytest.MonkeyPatch,
+def token_file(tmp_path: Path, token: str) -> Path:
+    path = tmp_path / "token"
+    path.write_text(token)
+    return path
+
+
+def test_the_runners_calls_go_where_the_generated_api_sends_them(
+    api_server: str, tmp_path: Path
 ) -> None:
-    answers = Answers()
-    calls = json_api(answers, monkeypatch)
+    calls = apiserver.connect(
+        apiserver.Credentials(server=api_server, token_file=token_file(tmp_path, "tok-1"))
+    )
 
     calls.read_namespaced_config_map("cp", "ns")
     calls.create_namespaced_config_map("ns", {"metadata": {"name": "cp"}})
@@ -129,31 +151,70 @@ def test_the_runners_json_calls_go_where_the_generated_api_sends_them(
     )
     calls.get_namespaced_custom_object("agentrun.dev", "v1alpha1", "ns", "agentruns", "demo")
 
-    sent = [
-        (method, url, headers.get("Content-Type")) for method, url, headers, _ in answers.requests
-    ]
-    assert sent == [
-        ("GET", "https://api.test:6443/api/v1/namespaces/ns/configmaps/cp", None),
-        ("POST", "https://api.test:6443/api/v1/namespaces/ns/configmaps", "application/json"),
+    assert _Recorder.requests == [
+        ("GET", "/api/v1/namespaces/ns/configmaps/cp", None, "Bearer tok-1"),
+        ("POST", "/api/v1/namespaces/ns/configmaps", "application/json", "Bearer tok-1"),
         (
             "PATCH",
-            "https://api.test:6443/api/v1/namespaces/ns/configmaps/cp",
+            "/api/v1/namespaces/ns/configmaps/cp",
             "application/merge-patch+json",
+            "Bearer tok-1",
         ),
-        (
-            "GET",
-            "https://api.test:6443/apis/agentrun.dev/v1alpha1/namespaces/ns/agentruns/demo",
-            None,
-        ),
+        ("GET", "/apis/agentrun.dev/v1alpha1/namespaces/ns/agentruns/demo", None, "Bearer tok-1"),
     ]
-    assert all(headers["authorization"] == "Bearer tok-1" for _, _, headers, _ in answers.requests)
 
 
-def test_a_json_call_refused_by_the_api_server_raises_our_error(
-    monkeypatch: pytest.MonkeyPatch,
+def test_a_call_refused_by_the_api_server_raises_our_error_with_its_words(
+    api_server: str,
 ) -> None:
-    answers = Answers(404, {"kind": "Status", "reason": "NotFound", "message": "gone"})
-    calls = json_api(answers, monkeypatch)
+    _Recorder.answer = (404, {"kind": "Status", "reason": "NotFound", "message": "gone"})
+    calls = apiserver.connect(apiserver.Credentials(server=api_server, token="t"))
 
     with pytest.raises(kube.NotFound, match="gone"), kube.translated():
         calls.read_namespaced_config_map("cp", "ns")
+
+
+def test_a_rotated_token_is_sent_once_the_refresh_interval_passes(
+    api_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = token_file(tmp_path, "before")
+    calls = apiserver.connect(apiserver.Credentials(server=api_server, token_file=path))
+    calls.read_namespaced_config_map("cp", "ns")
+
+    path.write_text("after")
+    calls.read_namespaced_config_map("cp", "ns")
+    monkeypatch.setattr(apiserver, "TOKEN_REFRESH_SECONDS", 0.0)
+    calls.read_namespaced_config_map("cp", "ns")
+
+    sent = [authorization for *_, authorization in _Recorder.requests]
+    assert sent == ["Bearer before", "Bearer before", "Bearer after"]
+
+
+def test_an_api_server_that_does_not_answer_a_runner_is_unavailable() -> None:
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    calls = apiserver.connect(apiserver.Credentials(server=f"http://127.0.0.1:{port}"))
+
+    with pytest.raises(kube.Unavailable) as raised:
+        calls.read_namespaced_config_map("cp", "ns")
+
+    assert raised.value.status == 0
+
+
+@pytest.mark.parametrize(
+    ("host", "server"),
+    [("10.96.0.1", "https://10.96.0.1:443"), ("fd00::1", "https://[fd00::1]:443")],
+)
+def test_a_pods_credentials_are_its_token_folder_and_the_services_address(
+    host: str, server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AGENTRUN_SERVICEACCOUNT_DIR", str(tmp_path))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", host)
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+
+    found = apiserver.credentials()
+
+    assert found == apiserver.Credentials(
+        server=server, ca_file=str(tmp_path / "ca.crt"), token_file=tmp_path / "token"
+    )
