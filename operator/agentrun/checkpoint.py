@@ -27,6 +27,7 @@ before it writes again, so a stale runner can never overwrite a chunk the owner 
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import json
 import logging
@@ -367,6 +368,14 @@ def claim(
         )
         return record
 
+    if attempt == 1:
+        # A first attempt nearly always finds no index: creating it at once saves a read
+        # on the path from apply to Job. One left by a deleted run of the same name, or
+        # by a claim whose answer was lost, is dealt with by the read-first path.
+        fresh = api.CheckpointRecord(attempt=attempt, updated_at=_now())
+        with contextlib.suppress(kube.AlreadyExists, kube.Unavailable):
+            configmaps.create({"metadata": meta, "data": _record_data(fresh)})
+            return fresh
     return _retry_conflicts(attempt_claim)
 
 

@@ -2,11 +2,12 @@
 
 One supervisor (a kopf daemon) per unfinished run reconciles it: it observes the run,
 its current Job and its checkpoint record, asks `decisions.decide` what to do, and
-applies the plan once. A change to the run's spec and watch events on its Jobs wake
-the supervisor early; otherwise it looks again when the plan says (a backoff ends, an
-approval times out) or after `decisions.RECHECK_SECONDS`. Nothing is remembered between
-reconciles that cannot be observed again, so a restarted operator carries on where it
-stopped.
+applies the plan once. A spec it has not read yet, and a change of its Job that decisions
+read (finished, failed, suspended, deleted), wake it early; otherwise it looks again when
+the plan says (a backoff ends, an approval times out) or after
+`decisions.RECHECK_SECONDS`. Nothing that decides is remembered between reconciles, so a
+restarted operator carries on where it stopped; what the wake-up filters remember is a
+cache, whose loss costs one reconcile too many.
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ class _Operator:
     defaults: jobs.RunnerDefaults
     identity: str
     wakers: dict[str, asyncio.Event] = dataclasses.field(default_factory=dict)
+    job_views: dict[str, decisions.JobView] = dataclasses.field(default_factory=dict)
+    """What each supervised run's current Job last looked like to decisions, by run uid."""
+    read_generations: dict[str, int] = dataclasses.field(default_factory=dict)
+    """The spec generation each supervised run's last reconcile read, by run uid."""
     locks: dict[str, threading.Lock] = dataclasses.field(default_factory=dict)
     guard: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
@@ -142,6 +147,8 @@ async def _supervise(
             break
         await _sleep(wake, stopped, delay)
     state.wakers.pop(uid, None)
+    state.job_views.pop(uid, None)
+    state.read_generations.pop(uid, None)
 
 
 async def _sleep(wake: asyncio.Event, stopped: kopf.DaemonStopped, delay: float) -> None:
@@ -156,29 +163,45 @@ async def _sleep(wake: asyncio.Event, stopped: kopf.DaemonStopped, delay: float)
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
-async def _run_changed(
-    uid: str, type: str | None, meta: kopf.Meta, status: kopf.Status, **_: Any
-) -> None:
+async def _run_changed(uid: str, type: str | None, meta: kopf.Meta, **_: Any) -> None:
     if type == "DELETED":
         metrics.forget(uid)
-    elif not _spec_unobserved(meta, status):
-        # Our own status writes and kopf's finalizer leave the spec as the supervisor last
-        # saw it: waking for them would only repeat a reconcile that changes nothing.
+    elif not _spec_unread(uid, meta):
+        # Our own status writes and kopf's finalizer leave the spec as the supervisor
+        # last read it: waking for them would only repeat a reconcile that changes nothing.
         return
     _wake(uid)
 
 
-def _spec_unobserved(meta: kopf.Meta, status: kopf.Status) -> bool:
-    """Whether the run's spec changed since the operator last acted on it (or never did).
+def _spec_unread(uid: str, meta: kopf.Meta) -> bool:
+    """Whether the run's spec is newer than the one its supervisor last read.
 
-    Every status write of a reconcile carries the generation it acted on, so a spec edit
-    in the middle of one still differs from it afterwards."""
-    return bool(meta.get("generation") != status.get("observedGeneration"))
+    A reconcile reads the run afresh at its start, so an event about a generation it has
+    read already (kopf's finalizer, arriving mid-reconcile) brings nothing new."""
+    return bool(meta.get("generation") != _state().read_generations.get(uid))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={jobs.RUN_UID_LABEL: kopf.PRESENT})
-async def _job_changed(labels: Mapping[str, str], **_: Any) -> None:
-    _wake(labels[jobs.RUN_UID_LABEL])
+async def _job_changed(
+    type: str | None, body: kopf.Body, labels: Mapping[str, str], **_: Any
+) -> None:
+    uid = labels[jobs.RUN_UID_LABEL]
+    if type != "DELETED" and not _job_view_changed(uid, dict(body)):
+        # The Job's creation and the Job controller's bookkeeping (start time, active
+        # pods) change nothing decisions read: waking for them would only repeat a
+        # reconcile, on the path of every other run's first one.
+        return
+    _wake(uid)
+
+
+def _job_view_changed(uid: str, job: dict[str, Any]) -> bool:
+    """Whether `job` differs, for decisions, from how the run's supervisor last saw it."""
+    views = _state().job_views
+    view = jobs.view(job)
+    if views.get(uid) == view:
+        return False
+    views[uid] = view
+    return True
 
 
 def _wake(uid: str) -> None:
@@ -210,6 +233,7 @@ def reconcile(namespace: str, name: str) -> float | None:
         return 5.0
     if run["metadata"].get("deletionTimestamp"):
         return None
+    state.read_generations[run["metadata"]["uid"]] = run["metadata"].get("generation", 0)
 
     with state.exclusive(run["metadata"]["uid"]):
         try:
@@ -375,6 +399,7 @@ def _start_attempt(
         run_name=name, run_uid=uid, spec=spec, attempt=attempt, defaults=state.defaults
     )
     _create(state, namespace, job)
+    state.job_views[uid] = jobs.view(job)
 
 
 def _create(state: _Operator, namespace: str, obj: dict[str, Any]) -> None:

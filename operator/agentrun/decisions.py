@@ -319,8 +319,10 @@ def _start(seen: Observed, status: api.AgentRunStatus, *, reason: str, why: str)
     if status.start_time is None:
         status.start_time = _stamp(seen.now)
     if seen.spec.queue_name:
-        phase = api.Phase.PENDING
-        message = f"Attempt {attempt} submitted to Kueue queue {seen.spec.queue_name}."
+        # Queued from the start: the Job is created suspended, and Kueue's admission is
+        # the next thing to happen to it.
+        phase, reason = api.Phase.PENDING, "Queued"
+        message = f"Attempt {attempt} submitted to Kueue queue {seen.spec.queue_name}: {why}."
     else:
         phase = api.Phase.RUNNING
         message = f"Attempt {attempt} started in Job {status.job_name}: {why}."

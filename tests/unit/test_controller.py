@@ -15,22 +15,21 @@ from agentrun import api, controller, jobs, kube
 
 
 @pytest.mark.parametrize(
-    ("generation", "status", "unobserved"),
-    [
-        (1, {}, True),
-        (1, {"observedGeneration": 1, "phase": "Running"}, False),
-        (2, {"observedGeneration": 1, "phase": "Running"}, True),
-    ],
-    ids=["never-acted-on", "own-status-write", "spec-edited"],
+    ("read", "generation", "woken"),
+    [(None, 1, True), (1, 1, False), (1, 2, True)],
+    ids=["never-read", "own-writes-and-finalizer", "spec-edited-since"],
 )
-def test_only_a_spec_the_operator_has_not_acted_on_wakes_the_supervisor(
-    generation: int, status: dict[str, Any], unobserved: bool
+def test_only_a_spec_the_supervisor_has_not_read_wakes_it(
+    read: int | None, generation: int, woken: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    meta = {"name": "demo", "generation": generation}
+    state = operator_state(FakeCluster())
+    if read is not None:
+        state.read_generations["uid-1"] = read
+    monkeypatch.setattr(controller, "_operator", state)
 
-    woken = controller._spec_unobserved(cast(Any, meta), cast(Any, status))
+    unread = controller._spec_unread("uid-1", cast(Any, {"generation": generation}))
 
-    assert woken is unobserved
+    assert unread is woken
 
 
 class FakeCluster:
@@ -39,12 +38,14 @@ class FakeCluster:
 
     def __init__(self, refuse: str = "") -> None:
         self.created: list[str] = []
+        self.bodies: dict[str, dict[str, Any]] = {}
         self.refuse = refuse
 
     def _create(self, kind: str, body: dict[str, Any]) -> urllib3.HTTPResponse:
         if kind == self.refuse:
             raise ApiException(status=403, reason="Forbidden")
         self.created.append(kind)
+        self.bodies[kind] = body
         answer = {**body, "metadata": {**body["metadata"], "resourceVersion": "1"}}
         return urllib3.HTTPResponse(io.BytesIO(json.dumps(answer).encode()), status=201)
 
@@ -66,17 +67,51 @@ class FakeCluster:
         return lambda namespace, body, **_: self._create(kinds[method], body)
 
 
-def start_attempt(cluster: FakeCluster) -> None:
+def operator_state(cluster: FakeCluster) -> controller._Operator:
     fake = cast(Any, cluster)
-    state = controller._Operator(
+    return controller._Operator(
         clients=controller._Clients(core=fake, batch=fake, custom=fake, rbac=fake),
         defaults=jobs.RunnerDefaults(),
         identity="test",
     )
+
+
+def start_attempt(cluster: FakeCluster, state: controller._Operator | None = None) -> None:
     run = {"metadata": {"namespace": "ns", "name": "demo", "uid": "uid-1"}}
     spec = api.AgentRunSpec.model_validate({"prompt": "hi", "model": "openai:m"})
 
-    controller._start_attempt(state, run, spec, 1)
+    controller._start_attempt(state or operator_state(cluster), run, spec, 1)
+
+
+def test_the_creation_and_bookkeeping_of_a_job_do_not_wake_its_supervisor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cluster = FakeCluster()
+    state = operator_state(cluster)
+    monkeypatch.setattr(controller, "_operator", state)
+    start_attempt(cluster, state)
+    job = cluster.bodies["Job"]
+
+    added = controller._job_view_changed("uid-1", job)
+    running = controller._job_view_changed("uid-1", {**job, "status": {"active": 1}})
+
+    assert (added, running) == (False, False)
+
+
+def test_a_job_that_finishes_wakes_its_supervisor_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    cluster = FakeCluster()
+    state = operator_state(cluster)
+    monkeypatch.setattr(controller, "_operator", state)
+    start_attempt(cluster, state)
+    finished = {
+        **cluster.bodies["Job"],
+        "status": {"conditions": [{"type": "Complete", "status": "True"}], "succeeded": 1},
+    }
+
+    first = controller._job_view_changed("uid-1", finished)
+    again = controller._job_view_changed("uid-1", finished)
+
+    assert (first, again) == (True, False)
 
 
 def test_a_new_attempt_gets_its_job_only_after_its_rbac_and_checkpoint_claim() -> None:

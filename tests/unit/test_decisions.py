@@ -66,7 +66,7 @@ def test_a_queued_run_starts_pending_until_kueue_admits_its_job() -> None:
     )
 
     assert first.start_attempt == 1
-    assert first.status.phase == api.Phase.PENDING
+    assert (first.status.phase, first.status.reason) == (api.Phase.PENDING, "Queued")
     assert waiting.status.phase == api.Phase.PENDING
     assert waiting.status.reason == "Queued"
     assert waiting.start_attempt is None
