@@ -513,6 +513,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _watch_namespaces_created_during_startup() -> None:
+    """Close a gap in kopf 1.45.2's namespace observer, used when `-n` names a pattern.
+
+    It lists the namespaces, then starts a watch that lists them once more and ignores
+    that second listing. A namespace created between the two lists is never watched,
+    until the operator restarts: runs applied there wait forever with no status. (An e2e
+    test hit it: its namespace was created 0.1 s after the operator started.) Taking the
+    second listing in as well adds nothing twice, since kopf keeps the namespaces in a set.
+    """
+    from kopf._core.reactor import observation
+
+    skipping = observation.process_discovered_namespace_event
+
+    async def taking_every_event(*, raw_event: Any, **kwargs: Any) -> None:
+        if raw_event["type"] is None:
+            raw_event = {**raw_event, "type": "ADDED"}
+        await skipping(raw_event=raw_event, **kwargs)
+
+    # The observer looks the function up by name each time it starts, so this holds.
+    observation.process_discovered_namespace_event = taking_every_event
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `agentrun-operator` console script."""
     args = _parser().parse_args(argv)
@@ -546,6 +568,7 @@ def main(argv: list[str] | None = None) -> None:
         args.metrics_port,
         args.health_port,
     )
+    _watch_namespaces_created_during_startup()
     kopf.run(
         clusterwide=args.all_namespaces,
         namespaces=() if args.all_namespaces else namespaces,

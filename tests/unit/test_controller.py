@@ -3,6 +3,7 @@ which a new attempt's objects are created."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from typing import Any, cast
@@ -129,3 +130,29 @@ def test_a_refused_rbac_object_stops_the_attempt_before_its_job() -> None:
         start_attempt(cluster)
 
     assert cluster.created == ["ServiceAccount"]
+
+
+def test_a_namespace_created_while_the_operator_starts_is_still_watched(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """kopf's namespace watch lists the namespaces again when it starts; that listing
+    must count, or a namespace created just before it is never watched."""
+    from kopf._cogs.structs import references
+    from kopf._core.reactor import observation
+
+    original = observation.process_discovered_namespace_event
+    monkeypatch.setattr(observation, "process_discovered_namespace_event", original)
+    controller._watch_namespaces_created_during_startup()
+    insights = references.Insights()
+    listed = {"type": None, "object": {"metadata": {"name": "team-late"}}}
+    other = {"type": None, "object": {"metadata": {"name": "kube-system"}}}
+
+    async def second_listing() -> None:
+        for event in (listed, other):
+            await observation.process_discovered_namespace_event(
+                raw_event=cast(Any, event), namespaces=["team-*"], insights=insights
+            )
+
+    asyncio.run(second_listing())
+
+    assert insights.namespaces == {"team-late"}
