@@ -24,7 +24,7 @@ import fnmatch
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Self
 
 from pydantic_ai import (
     Agent,
@@ -38,12 +38,14 @@ from pydantic_ai import (
 )
 from pydantic_ai.capabilities import AbstractCapability
 from pydantic_ai.models import Model
+from pydantic_ai.toolsets import WrapperToolset
 
 from agentrun import api, tools
 
 __all__ = [
     "MODEL_RETRIES",
     "Decisions",
+    "McpServerUnreachable",
     "ModelConfigError",
     "build",
     "build_model",
@@ -64,6 +66,10 @@ Output = str | DeferredToolRequests
 
 class ModelConfigError(Exception):
     """spec.model cannot be served as written; another attempt would not help."""
+
+
+class McpServerUnreachable(Exception):
+    """An MCP server of the spec could not be connected to as the attempt started."""
 
 
 def build_model(
@@ -171,7 +177,27 @@ def _mcp_toolset(index: int, server: api.McpServer) -> Any:
     gated = toolset.approval_required(
         lambda ctx, tool_def, args: any(fnmatch.fnmatchcase(tool_def.name, p) for p in patterns)
     )
-    return gated.prefixed(server.name)
+    return _Connecting(gated.prefixed(server.name), server=server)
+
+
+@dataclasses.dataclass
+class _Connecting(WrapperToolset[tools.ToolDeps]):
+    """Names the server that could not be reached.
+
+    The MCP client's own error ("Client failed to connect: Name or service not known")
+    says neither which server nor that it was one, and is a bare RuntimeError.
+    """
+
+    server: api.McpServer
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self.wrapped.__aenter__()
+        except Exception as error:
+            raise McpServerUnreachable(
+                f"MCP server {self.server.name} ({self.server.url}) could not be reached: {error}"
+            ) from error
+        return self
 
 
 def usage_limits(spec: api.AgentRunSpec) -> UsageLimits:

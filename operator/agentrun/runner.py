@@ -419,7 +419,7 @@ class _Attempt:
             pending=[],
         )
         log.info(
-            "Run %s succeeded in attempt %d after %d model requests.",
+            "Run %s succeeded in attempt %d; model requests over the run: %d.",
             settings.run,
             settings.attempt,
             usage.requests,
@@ -430,6 +430,8 @@ class _Attempt:
     def _failure_of(self, error: Exception) -> Exception:
         """Our failure for an error that ended the run; other errors are raised as they are."""
         from pydantic_ai import exceptions as ai
+
+        from agentrun import agent
 
         if isinstance(error, checkpoint.Fenced | kube.KubeError | _Failed):
             return error
@@ -446,6 +448,8 @@ class _Attempt:
             )
         if isinstance(error, ai.ModelAPIError):
             return _Failed("ModelUnreachable", f"The model endpoint could not be reached: {error}")
+        if isinstance(error, agent.McpServerUnreachable):
+            return _Failed("McpServerUnreachable", str(error))
         if isinstance(error, ai.UnexpectedModelBehavior):
             return _Failed("ModelError", f"The model's answer could not be used: {error.message}")
         return error

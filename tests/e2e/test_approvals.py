@@ -296,7 +296,11 @@ def test_an_unreachable_mcp_server_fails_the_attempt_naming_it(
     spec = {"prompt": "hi", "model": f"openai:{model_key}", "mcpServers": servers,
             "retry": {"maxAttempts": 1}}  # fmt: skip
 
-    kubectl.apply(manifest("ghost", spec))
-    run = wait_for_phase(kubectl, "ghost", "Failed")
+    kubectl.apply(manifest("unreachable", spec))
+    run = wait_for_phase(kubectl, "unreachable", "Failed")
 
-    assert "ghost" in run["status"]["message"]
+    assert run["status"]["reason"] == "McpServerUnreachable"
+    assert (
+        "MCP server ghost (http://127.0.0.1:9/mcp) could not be reached"
+        in (run["status"]["message"])
+    )

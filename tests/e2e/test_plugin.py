@@ -91,7 +91,7 @@ def test_approve_resumes_the_run_and_the_shell_runs_once(
     paused_run(kubectl, model_server, model_key, "approved")
     whoami = kubectl("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}").stdout
 
-    approved = plugin(kubectl, "approve", "approved", "--reason", "harmless")
+    approved = plugin(kubectl, "approve", "approved", "--reason", "harmless", "--yes")
     run = wait_for_phase(kubectl, "approved", "Succeeded")
 
     assert approved.returncode == 0, approved.stderr

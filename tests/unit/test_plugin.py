@@ -324,7 +324,7 @@ def invoke(*args: str) -> Any:
 def test_approve_without_call_ids_shows_the_pending_calls_then_approves_them(
     cluster: FakeCluster,
 ) -> None:
-    result = invoke("approve", "demo")
+    result = invoke("approve", "demo", "--yes")
 
     assert result.exit_code == 0, result.output
     assert result.output == (
@@ -507,6 +507,20 @@ def test_on_a_terminal_approving_every_pending_call_asks_first(
     assert "Approve 2 calls on run demo? [y/N]" in result.output
     assert len(cluster.stored["spec"].get("approvals", [])) == decided
     assert result.exit_code == (0 if decided else 1)
+
+
+@pytest.mark.parametrize("command", [["approve", "demo"], ["deny", "demo", "--reason", "no"]])
+def test_without_a_terminal_deciding_every_pending_call_needs_yes(
+    cluster: FakeCluster, command: list[str]
+) -> None:
+    result = invoke(*command)
+
+    assert result.exit_code == 1
+    assert result.output.endswith(
+        "error: Nothing was decided: there is no terminal to ask on. Name the calls, or pass "
+        "--yes to decide all of them.\n"
+    )
+    assert cluster.patches == []
 
 
 def test_yes_skips_the_question_on_a_terminal(

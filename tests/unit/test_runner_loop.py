@@ -652,3 +652,24 @@ def test_a_run_killed_at_any_point_succeeds_with_each_call_once(
         assert shell_result == "exit code 0\n"
         assert ran == 1
     assert (workspace / "note.txt").read_text() == "once"
+
+
+def test_an_unreachable_mcp_server_fails_the_attempt_naming_it(
+    cluster_of: Callable[..., Cluster],
+) -> None:
+    # Port 9 (discard) is closed here: the MCP client's connection is refused at once.
+    cluster = cluster_of(
+        turns([TextPart("never")]),
+        mcpServers=[{"name": "ghost", "url": "http://127.0.0.1:9/mcp"}],
+    )
+
+    code = cluster.attempt(1)
+
+    failure = cluster.record.failure
+    assert code == runner.EXIT_FAILED
+    assert failure is not None
+    assert (failure.reason, failure.final) == ("McpServerUnreachable", False)
+    assert failure.message.startswith(
+        "MCP server ghost (http://127.0.0.1:9/mcp) could not be reached: "
+    )
+    assert cluster.requests == []

@@ -285,12 +285,21 @@ def _decide(
 def _confirm(
     run: str, calls: Sequence[api.PendingApproval], decision: api.Decision, *, yes: bool
 ) -> None:
-    """Show the calls about to be decided; ask, unless told not to or nobody can answer."""
+    """Show the calls about to be decided; ask, unless told not to.
+
+    Where nobody can answer (a script, a pipe), deciding every pending call needs --yes:
+    a call that became pending since the script was written would otherwise be decided
+    unseen."""
     typer.echo(f"Pending calls on run {run}:")
     for call in calls:
         typer.echo(f"  {call.tool_name} ({call.tool_call_id}): {call.arguments or '{}'}")
-    if yes or not _can_ask():
+    if yes:
         return
+    if not _can_ask():
+        raise PluginError(
+            "Nothing was decided: there is no terminal to ask on. Name the calls, or pass "
+            "--yes to decide all of them."
+        )
     verb = "Approve" if decision == api.Decision.APPROVE else "Deny"
     count = f"{len(calls)} call{'s' if len(calls) != 1 else ''}"
     if not typer.confirm(f"{verb} {count} on run {run}?", default=False):
