@@ -25,6 +25,7 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Self
+from urllib.parse import urlsplit
 
 from pydantic_ai import (
     Agent,
@@ -194,8 +195,13 @@ class _Connecting(WrapperToolset[tools.ToolDeps]):
         try:
             await self.wrapped.__aenter__()
         except Exception as error:
+            # Some servers take their key in the URL's query string; HTTP errors quote it.
+            said = str(error)
+            parts = urlsplit(self.server.url)
+            for secret in filter(None, (parts.query, parts.password)):
+                said = said.replace(secret, "***")
             raise McpServerUnreachable(
-                f"MCP server {self.server.name} ({self.server.url}) could not be reached: {error}"
+                f"MCP server {self.server.name} could not be reached: {said}"
             ) from error
         return self
 
