@@ -102,7 +102,10 @@ def up(state: Path) -> None:
 
     say("The conversation, from the checkpoint")
     print(run(*kubectl, "agentrun", "history", RUN, env=env), flush=True)
-    say(f"Done in {time.monotonic() - began:.0f}s. The cluster stays up; explore it with:")
+    say(
+        f"Done: cluster up and run finished in {time.monotonic() - began:.0f}s (after install). "
+        "The cluster stays up; explore it with:"
+    )
     print(
         f"""
     export KUBECONFIG={kubeconfig}
