@@ -300,4 +300,4 @@ def test_an_unreachable_mcp_server_fails_the_attempt_naming_it(
     run = wait_for_phase(kubectl, "unreachable", "Failed")
 
     assert run["status"]["reason"] == "McpServerUnreachable"
-    assert "MCP server ghost could not be reached" in (run["status"]["message"])
+    assert "MCP server ghost could not be reached" in run["status"]["message"]
